@@ -20,6 +20,13 @@ submits a Slurm job array (--slurm_partition, --slurm_account, --slurm_qos, --ti
 --nosubmitit_wait submits and returns); ``submitit_local`` (or ``submitit`` with
 --submitit_local) runs them through submitit's LocalExecutor in waves of --max_workers.
 Submitit logs go to --submitit_dir (default <output_dir>/submitit).
+
+--vmap_trials groups the pending jobs that share shapes (same dataset, algorithm, test envs,
+steps, batch size and probe count; any trial seeds, hparams seeds and other hparam values) and
+launches each group as ONE unit: a ``train.py --vmap_jobs`` process that trains its jobs as one
+vmapped program (hjax.domainbed.vmapped), writing each job's usual directory. Fix
+--batch_size to make random hparam draws share a shape. Group logs and job lists go to
+<output_dir>/vmap_groups/.
 """
 
 from __future__ import annotations
@@ -64,6 +71,14 @@ flags.DEFINE_integer("checkpoint_freq", None, "train.py --checkpoint_freq")
 flags.DEFINE_float("width_multiplier", None, "train.py --width_multiplier")
 flags.DEFINE_integer("batch_size", None, "train.py --batch_size")
 flags.DEFINE_bool("fake_data", False, "train.py --fake_data (tests)")
+flags.DEFINE_bool("vmap_trials", False, "run the jobs that share shapes (dataset, algorithm, "
+                  "test envs, batch size, steps; any seeds and other hparams) as one vmapped "
+                  "program each: one train.py --vmap_jobs process per group")
+flags.DEFINE_string("trial_batching", "auto", "with --vmap_trials: vmap (trials side by "
+                    "side in every op), unroll (independent per-trial ops in the one program) "
+                    "or auto (vmap on GPU/TPU, unroll on CPU, where batched convs are slow)")
+flags.DEFINE_integer("max_vmap_trials", None, "with --vmap_trials: at most this many jobs per "
+                     "group (default: no limit; bounds memory)")
 
 
 def build_jobs(f):
@@ -142,8 +157,19 @@ def main(argv):
         os.makedirs(FLAGS.output_dir, exist_ok=True)
         command = rest[1]
         from hjax.domainbed import jobs as jobs_lib
+        if FLAGS.max_vmap_trials is not None and FLAGS.max_vmap_trials < 1:
+            raise UsageError(f"--max_vmap_trials={FLAGS.max_vmap_trials} must be a positive "
+                             "integer")
         if command == "launch":
-            failed = run_launcher(launcher, jobs, FLAGS)
+            units = jobs
+            if FLAGS.vmap_trials:
+                from hjax.domainbed.vmapped import plan_groups
+                check_choice("trial_batching", FLAGS.trial_batching, ("auto", "vmap", "unroll"))
+                units = plan_groups(jobs, FLAGS.output_dir, FLAGS.max_vmap_trials,
+                                    FLAGS.trial_batching)
+                print(f"--vmap_trials: {sum(len(g.jobs) for g in units)} pending jobs in "
+                      f"{len(units)} vmapped group(s)", flush=True)
+            failed = run_launcher(launcher, units, FLAGS)
             print_status(jobs, FLAGS.output_dir)
             sys.exit(1 if failed else 0)
         elif command == "status":

@@ -39,6 +39,8 @@ flags.DEFINE_float("holdout_fraction", 0.2, "fraction of each env held out as 'o
 flags.DEFINE_float("width_multiplier", 1.0, "MNIST_CNN widths x this (tests use small ones)")
 flags.DEFINE_bool("fake_data", False, "small synthetic MNIST instead of the real one (tests)")
 flags.DEFINE_integer("stop_after_step", None, "testing: stop after this step, as if killed")
+flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vmap_trials: "
+                    "train those jobs as one vmapped program (other flags are ignored)")
 
 
 def config_from_flags(f):
@@ -71,8 +73,17 @@ def config_from_flags(f):
 
 def main(argv):
     def body():
+        log = lambda m: print(m, flush=True)  # noqa: E731
+        if FLAGS.vmap_jobs:
+            from hjax.domainbed.vmapped import load_spec_file, run_group
+            try:
+                configs, batching = load_spec_file(FLAGS.vmap_jobs)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UsageError(f"--vmap_jobs={FLAGS.vmap_jobs!r} is not a readable job "
+                                 f"list ({type(e).__name__}: {e})") from None
+            return run_group(configs, log=log, batching=batching)
         from hjax.domainbed.run import run  # heavy imports after flag parsing
-        run(config_from_flags(FLAGS), log=lambda m: print(m, flush=True))
+        run(config_from_flags(FLAGS), log=log)
     run_main(FLAGS, argv, body,
              interrupted="re-run the same command to resume from the last checkpoint")
 

@@ -8,7 +8,10 @@ over one minibatch per training domain (``batch.images`` [E, B, ...], ``batch.la
 [E, B]); :func:`objective_update` turns it into an optimizer step. ``alg_state`` carries what
 an algorithm keeps between steps (Fishr's EMA, GroupDRO's q, Fish's inner Adam state).
 Fish changes the step itself and registers its own ``update``. Hyperparameters come from
-:mod:`hjax.domainbed.hparams` (one registry) and are Python constants inside the compiled step.
+:mod:`hjax.domainbed.hparams` (one registry); they are Python constants inside the compiled
+step of one job, and traced per-trial arrays (except the shape-setting ``batch_size`` and
+``*_num_probes``) when several jobs run vmapped (:mod:`hjax.domainbed.vmapped`), so nothing
+here may branch in Python on a hyperparameter's value.
 
 With a single training domain (the leave-one-domain-out pair runs of a 3-env dataset) every
 alignment penalty is 0, as in DomainBed.
@@ -19,7 +22,7 @@ Penalty weights and optimizer resets follow DomainBed:
 - irm / vrex: weight 1 before ``*_penalty_anneal_iters``, lambda from then on; Adam is
   re-created at the step equal to ``*_penalty_anneal_iters``.
 - fishr: weight 0 before ``fishr_penalty_anneal_iters``, lambda from then on; Adam is
-  re-created at that step unless it is 0.
+  re-created at that step (at step 0 that is its initial state: no reset).
 - hgp / hutchinson / exact_diag: no warm-up, no reset (the authors' DomainBed form).
 """
 
@@ -291,7 +294,9 @@ register(Algorithm("coral", "CORAL: mean and covariance alignment of features",
                    coral_objective))
 register(Algorithm("fishr", "Fishr: align per-domain head-gradient variances (EMA)",
                    fishr_objective, init_state=fishr_init,
-                   reset_step=lambda hp: hp["fishr_penalty_anneal_iters"] or None))
+                   # Re-creating Adam at step 0 equals its initial state, so anneal 0 needs no
+                   # special case (and the step stays traceable for --vmap_trials).
+                   reset_step=lambda hp: hp["fishr_penalty_anneal_iters"]))
 register(Algorithm("iga", "IGA: sum_e ||g_e - gbar||^2 over all parameters", iga_objective))
 register(Algorithm("fish", "Fish: inner steps over domains on a clone, then a meta step",
                    update=fish_update, init_state=fish_init))

@@ -5,6 +5,11 @@ sets are every single environment, plus (``with_pairs``) every pair, which the
 leave-one-domain-out selection needs. Each job's directory name is readable and ends in a
 hash of its full arguments, so changing any setting gives a new directory. ``launch`` runs
 jobs one after another; ``hjax.domainbed.launchers`` adds parallel and submitit launchers.
+
+A :class:`VmapGroup` bundles jobs of one shape that run as one compiled program
+(``sweep.py --vmap_trials``, :mod:`hjax.domainbed.vmapped`); launchers treat it as one unit
+whose directory (logs, the group's job list) is under ``vmap_groups/`` and which is done when
+all its jobs are.
 """
 
 from __future__ import annotations
@@ -39,6 +44,35 @@ class Job(NamedTuple):
                 f"-t{self.trial_seed}-{digest}")
 
 
+GROUPS_DIR = "vmap_groups"
+
+
+class VmapGroup(NamedTuple):
+    jobs: tuple[Job, ...]
+    batching: str = "auto"          # hjax.domainbed.vmapped.BATCHINGS
+
+    def dirname(self) -> str:
+        # The jobs only: the same group run with another batching is the same group.
+        digest = hashlib.sha256(json.dumps(self.jobs, sort_keys=True).encode()).hexdigest()[:8]
+        j = self.jobs[0]
+        return f"{GROUPS_DIR}/{j.dataset}-{j.algorithm}-x{len(self.jobs)}-{digest}"
+
+    def spec(self, output_root: str) -> dict:
+        """What ``train.py --vmap_jobs`` reads: the jobs and their directories."""
+        return {"batching": self.batching, "jobs": [dict(j._asdict(), test_envs=list(j.test_envs),
+                              extra=[list(e) for e in j.extra],
+                              output_dir=os.path.join(output_root, j.dirname()))
+                         for j in self.jobs]}
+
+
+def job_from_spec(entry: dict) -> tuple[Job, str]:
+    """(job, output_dir) of one entry of :meth:`VmapGroup.spec`."""
+    job = Job(entry["dataset"], entry["algorithm"], tuple(entry["test_envs"]),
+              int(entry["hparams_seed"]), int(entry["trial_seed"]),
+              tuple(tuple(e) for e in entry["extra"]))
+    return job, entry["output_dir"]
+
+
 def test_env_sets(num_envs: int, with_pairs: bool) -> list[tuple[int, ...]]:
     sets = [(i,) for i in range(num_envs)]
     if with_pairs:
@@ -61,8 +95,11 @@ def make_jobs(datasets: Sequence[str], algorithms: Sequence[str], n_hparams: int
     return jobs
 
 
-def job_state(output_root: str, job: Job) -> str:
+def job_state(output_root: str, job: Job | VmapGroup) -> str:
     """"done", "incomplete" (directory without a done marker) or "not_launched"."""
+    if isinstance(job, VmapGroup):
+        states = {job_state(output_root, j) for j in job.jobs}
+        return (states.pop() if len(states) == 1 else "incomplete")
     path = os.path.join(output_root, job.dirname())
     if os.path.exists(os.path.join(path, "done")):
         return "done"

@@ -8,6 +8,9 @@
 - ``submitit_local``: the same code path on submitit's ``LocalExecutor`` (this machine, in
   waves of ``max_workers`` jobs); this is how the submitit launcher is tested.
 
+Each unit is a job or, with ``sweep.py --vmap_trials``, a ``VmapGroup`` of jobs that one
+``train.py --vmap_jobs`` process trains as one vmapped program.
+
 Every launcher first drops the jobs that are already done (done marker) and, since
 ``train.py`` resumes from its checkpoint and does nothing for a finished job, re-launching a
 sweep is always safe. Each launcher returns the number of failed jobs (for ``submitit`` without
@@ -16,6 +19,7 @@ waiting: 0, the jobs are only submitted).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,7 +37,16 @@ LOG_NAME = "train.log"
 Log = Callable[[str], None]
 
 
-def train_command(job: jobs_lib.Job, output_dir: str) -> list[str]:
+def train_command(job: jobs_lib.Job | jobs_lib.VmapGroup, output_dir: str) -> list[str]:
+    """The train.py command of a job, or of a vmapped group (whose job list it writes to
+    ``<output_dir>/jobs.json``; the output root is two levels up)."""
+    if isinstance(job, jobs_lib.VmapGroup):
+        from hjax.results import write_atomic
+        os.makedirs(output_dir, exist_ok=True)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(output_dir)))
+        spec = os.path.join(output_dir, "jobs.json")
+        write_atomic(spec, json.dumps(job.spec(root), indent=1) + "\n")
+        return [sys.executable, TRAIN_SCRIPT, f"--vmap_jobs={spec}"]
     return [sys.executable, TRAIN_SCRIPT, *job.flags(), f"--output_dir={output_dir}"]
 
 

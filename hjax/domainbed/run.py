@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +23,13 @@ import numpy as np
 from hjax.cli import UsageError, ensure_writable_dir
 from hjax.domainbed import checkpoint
 from hjax.domainbed.algorithms import ALGORITHMS
-from hjax.domainbed.data import HOLDOUT_FRACTION, split_environments, stack_train
+from hjax.domainbed.data import (HOLDOUT_FRACTION, TrainArrays, split_environments,
+                                  stack_train)
 from hjax.domainbed.hparams import make_hparams, seed_hash
 from hjax.domainbed.models import mnist_cnn_model
-from hjax.domainbed.trainer import (base_key, init_state, make_evaluator, make_train_step,
-                                    to_eval_split)
-from hjax.results import write_jsonl
+from hjax.domainbed.trainer import (EvalSplit, base_key, init_state, make_evaluator,
+                                    make_train_step, to_eval_split)
+from hjax.results import write_atomic, write_jsonl
 
 DATASETS = ("domainbed_colored_mnist", "rotated_mnist")
 DONE_NAME = "done"
@@ -109,73 +111,145 @@ def load_environments(config: RunConfig):
     return make_environments(config.dataset, config.trial_seed, mnist=mnist)
 
 
-def _mean_logs(window: list[dict]) -> dict:
+def mean_logs(window: list[dict]) -> dict:
     return {k: float(np.mean([w[k] for w in window])) for k in window[0]} if window else {}
 
 
-def run(config: RunConfig, log: Callable[[str], None] = print) -> list[dict]:
-    """Trains (or resumes, or skips a finished job); returns the results records."""
+def first_non_finite(logs: dict) -> str | None:
+    """The name of a non-finite logged value (the loss first), or None."""
+    for k in sorted(logs, key=lambda k: k != "loss"):
+        if not math.isfinite(logs[k]):
+            return k
+    return None
+
+
+class JobData(NamedTuple):
+    """What one job trains and evaluates on, on the device."""
+    num_envs: int
+    train_idx: list[int]
+    train: TrainArrays
+    eval_ins: list[EvalSplit]
+    eval_outs: list[EvalSplit]
+    steps_per_epoch: float
+
+
+def load_job_data(config: RunConfig, batch_size: int) -> JobData:
+    envs = load_environments(config)
+    ins, outs = split_environments(envs, config.trial_seed, config.holdout_fraction)
+    train_idx = [i for i in range(len(envs)) if i not in config.test_envs]
+    train = stack_train([ins[i] for i in train_idx])
+    chunk = min(config.eval_chunk, max(len(s.labels) for s in ins + outs))
+    return JobData(len(envs), train_idx, train, [to_eval_split(s, chunk) for s in ins],
+                   [to_eval_split(s, chunk) for s in outs],
+                   min(len(ins[i].labels) for i in train_idx) / batch_size)
+
+
+def start_job(config: RunConfig, log: Callable[[str], None]):
+    """Validates the config and prepares its directory: (hp, None) to train, or (hp, records)
+    of a job that is already done."""
     from hjax.data import dataset_info
     info = dataset_info(config.dataset) if config.dataset in DATASETS else None
     validate(config, len(info.env_names) if info else 0)
     hp = resolve_hparams(config)
     prepare_output_dir(config.output_dir)
-    results_path = os.path.join(config.output_dir, RESULTS_NAME)
-    done_path = os.path.join(config.output_dir, DONE_NAME)
-    if os.path.exists(done_path):
+    if os.path.exists(os.path.join(config.output_dir, DONE_NAME)):
         log(f"{config.output_dir}: already done")
         from hjax.results import read_jsonl
-        return read_jsonl(results_path)
+        return hp, read_jsonl(os.path.join(config.output_dir, RESULTS_NAME))
+    return hp, None
 
-    envs = load_environments(config)
-    ins, outs = split_environments(envs, config.trial_seed, config.holdout_fraction)
-    train_idx = [i for i in range(len(envs)) if i not in config.test_envs]
-    train = stack_train([ins[i] for i in train_idx])
-    model = mnist_cnn_model(info.num_classes, config.width_multiplier)
-    base = base_key(config.trial_seed)
+
+def make_model(config: RunConfig):
+    from hjax.data import dataset_info
+    return mnist_cnn_model(dataset_info(config.dataset).num_classes, config.width_multiplier)
+
+
+def initial_state(config: RunConfig, hp: dict, model, data: JobData, log):
+    """(state, records): fresh, or restored from the job's checkpoint (identity checked)."""
     init_key = jax.random.key(seed_hash("domainbed-init", config.trial_seed))
-    state = init_state(config.algorithm, model, hp, train.images[0, :2], len(train_idx),
-                       init_key)
-    identity = dict(config.identity(), hparams=hp)
-
-    records: list[dict] = []
+    state = init_state(config.algorithm, model, hp, data.train.images[0, :2],
+                       len(data.train_idx), init_key)
     restored = checkpoint.load(config.output_dir, state)
-    if restored is not None:
-        state, saved_identity, records = restored
-        state = jax.tree_util.tree_map(jnp.asarray, state)
-        if saved_identity != json.loads(json.dumps(identity, sort_keys=True)):
-            raise UsageError(f"--output_dir={config.output_dir!r} holds a checkpoint of a "
-                             "different job; use a fresh directory")
-        write_jsonl(results_path, records)
-        log(f"resuming at step {int(state.step)}")
+    if restored is None:
+        return state, []
+    state, saved_identity, records = restored
+    state = jax.tree_util.tree_map(jnp.asarray, state)
+    if saved_identity != json.loads(json.dumps(job_identity(config, hp), sort_keys=True)):
+        raise UsageError(f"--output_dir={config.output_dir!r} holds a checkpoint of a "
+                         "different job; use a fresh directory")
+    write_jsonl(os.path.join(config.output_dir, RESULTS_NAME), records)
+    log(f"{config.output_dir}: resuming at step {int(state.step)}")
+    return state, records
 
-    train_step = make_train_step(config.algorithm, model, hp, base)
-    chunk = min(config.eval_chunk, max(len(s.labels) for s in ins + outs))
-    eval_ins = [to_eval_split(s, chunk) for s in ins]
-    eval_outs = [to_eval_split(s, chunk) for s in outs]
+
+def job_identity(config: RunConfig, hp: dict) -> dict:
+    return dict(config.identity(), hparams=hp)
+
+
+def checkpoint_record(config: RunConfig, hp: dict, data: JobData, step: int, window: list,
+                      step_time: float, accuracy) -> dict:
+    """One results line; ``accuracy(split_kind, env) -> float`` evaluates the current params."""
+    record = {"step": step, "epoch": step / data.steps_per_epoch, **mean_logs(window)}
+    for i in range(data.num_envs):
+        record[f"env{i}_in_acc"] = accuracy("in", i)
+        record[f"env{i}_out_acc"] = accuracy("out", i)
+    record.update(step_time=step_time, hparams=hp, args=config.identity())
+    return record
+
+
+def save_checkpoint(config: RunConfig, hp: dict, state, records: list[dict], log) -> None:
+    write_jsonl(os.path.join(config.output_dir, RESULTS_NAME), records)
+    checkpoint.save(config.output_dir, state, job_identity(config, hp), records)
+    record = records[-1]
+    log(f"step {record['step']}: " + " ".join(
+        f"{k}={record[k]:.4g}" for k in record if k.endswith("_acc") or k == "loss"))
+
+
+def is_checkpoint_step(config: RunConfig, step: int) -> bool:
+    return step % config.checkpoint_freq == 0 or step == config.steps - 1
+
+
+def mark_done(config: RunConfig, diverged_step: int | None = None) -> None:
+    """The done marker; a diverged job is done too (re-running it would diverge again)."""
+    text = "done\n" if diverged_step is None else f"diverged at step {diverged_step}\n"
+    write_atomic(os.path.join(config.output_dir, DONE_NAME), text)
+
+
+def report_divergence(config: RunConfig, step: int, name: str, log) -> None:
+    log(f"{config.output_dir}: non-finite {name} at step {step}; job stopped and marked "
+        f"diverged (results.jsonl keeps the checkpoints before it)")
+    mark_done(config, diverged_step=step)
+
+
+def run(config: RunConfig, log: Callable[[str], None] = print) -> list[dict]:
+    """Trains (or resumes, or skips a finished job); returns the results records."""
+    hp, finished = start_job(config, log)
+    if finished is not None:
+        return finished
+    data = load_job_data(config, int(hp["batch_size"]))
+    model = make_model(config)
+    state, records = initial_state(config, hp, model, data, log)
+    train_step = make_train_step(config.algorithm, model, hp, base_key(config.trial_seed))
     evaluate = make_evaluator(model)
-    steps_per_epoch = min(len(ins[i].labels) for i in train_idx) / hp["batch_size"]
     window, window_start = [], time.time()
     for step in range(int(state.step), config.steps):
-        state, logs = train_step(state, train)
-        window.append({k: float(v) for k, v in jax.device_get(logs).items()})
-        if step % config.checkpoint_freq == 0 or step == config.steps - 1:
+        state, logs = train_step(state, data.train)
+        logs = {k: float(v) for k, v in jax.device_get(logs).items()}
+        bad = first_non_finite(logs)
+        if bad is not None:
+            report_divergence(config, step, bad, log)
+            return records
+        window.append(logs)
+        if is_checkpoint_step(config, step):
             step_time = (time.time() - window_start) / len(window)
-            record = {"step": step, "epoch": step / steps_per_epoch, **_mean_logs(window)}
-            for i in range(len(envs)):
-                record[f"env{i}_in_acc"] = evaluate(state.params, eval_ins[i])
-                record[f"env{i}_out_acc"] = evaluate(state.params, eval_outs[i])
-            record.update(step_time=step_time, hparams=hp, args=config.identity())
-            records.append(record)
-            write_jsonl(results_path, records)
-            checkpoint.save(config.output_dir, state, identity, records)
-            log(f"step {step}: " + " ".join(
-                f"{k}={record[k]:.4g}" for k in record if k.endswith("_acc") or k == "loss"))
+            splits = {"in": data.eval_ins, "out": data.eval_outs}
+            records.append(checkpoint_record(
+                config, hp, data, step, window, step_time,
+                lambda kind, i: evaluate(state.params, splits[kind][i])))
+            save_checkpoint(config, hp, state, records, log)
             window, window_start = [], time.time()
         if config.stop_after_step is not None and step >= config.stop_after_step:
             log(f"stopping after step {step} (--stop_after_step)")
             return records
-    with open(done_path, "w") as f:
-        f.write("done\n")
+    mark_done(config)
     return records
-
