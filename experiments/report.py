@@ -1,7 +1,11 @@
 """Builds the README's reproduction tables from results/*/*/results.jsonl (never by hand).
 
     python experiments/report.py                   # print the tables
-    python experiments/report.py --update_readme   # rewrite the generated block in README.md
+    python experiments/report.py --update_readme   # rewrite the generated blocks in README.md
+
+--update_readme also refreshes every ``<!-- include:begin PATH -->`` ... ``<!-- include:end -->``
+block of the README with the current text of PATH (relative to the README), so tables other
+scripts write (the DomainBed mini-sweep, benchmarks) reach the README by script too.
 
 Layout read: results/<dataset or dataset_split>/<method>/results.jsonl, as written by
 ``experiments/run.py --output_dir=results/<...>/<method>``.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,6 +83,21 @@ def report(results_dir, expected=None):
             "seconds per training step on the machine that ran it.\n\n" + "\n".join(parts))
 
 
+INCLUDE = re.compile(r"(<!-- include:begin (\S+) -->\n)(.*?)(<!-- include:end -->)", re.S)
+
+
+def refresh_includes(content: str, root: str) -> str:
+    """Every include block replaced by its file's text (a missing file is an error)."""
+    def fill(m):
+        path = os.path.join(root, m.group(2))
+        if not os.path.exists(path):
+            raise SystemExit(f"error: README includes {m.group(2)}, which does not exist")
+        with open(path) as f:
+            text = f.read()
+        return m.group(1) + text + ("" if text.endswith("\n") else "\n") + m.group(4)
+    return INCLUDE.sub(fill, content)
+
+
 def update_readme(readme, text):
     with open(readme) as f:
         content = f.read()
@@ -85,7 +105,9 @@ def update_readme(readme, text):
         raise SystemExit(f"error: {readme} has no generated block ({BEGIN} ... {END})")
     head, rest = content.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    write_atomic(readme, f"{head}{BEGIN}\n{text}{END}{tail}")
+    content = refresh_includes(f"{head}{BEGIN}\n{text}{END}{tail}",
+                               os.path.dirname(os.path.abspath(readme)))
+    write_atomic(readme, content)
 
 
 def main(argv):

@@ -21,6 +21,9 @@ submits a Slurm job array (--slurm_partition, --slurm_account, --slurm_qos, --ti
 --submitit_local) runs them through submitit's LocalExecutor in waves of --max_workers.
 Submitit logs go to --submitit_dir (default <output_dir>/submitit).
 
+--preset=cpu_mini is the CPU mini-sweep (about 30 minutes on 2 cores; see PRESETS and the
+README); flags given explicitly override a preset's values.
+
 --vmap_trials groups the pending jobs that share shapes (same dataset, algorithm, test envs,
 steps, batch size and probe count; any trial seeds, hparams seeds and other hparam values) and
 launches each group as ONE unit: a ``train.py --vmap_jobs`` process that trains its jobs as one
@@ -43,8 +46,22 @@ from hjax.cli import UsageError, check_choice, exit_usage  # noqa: E402
 from hjax.domainbed.launchers import LAUNCHERS  # noqa: E402
 
 COMMANDS = ("launch", "status", "delete_incomplete")
+# --preset=NAME sets these flags unless they are given on the command line.
+PRESETS = {
+    # ~30 minutes on a 2-core CPU: DomainBed ColoredMNIST, 3 algorithms x 3 test envs x
+    # 2 hparams (defaults and one random draw, batch fixed at 64 so that each pair shares a
+    # program) x 1 trial; a quarter-width MNIST_CNN (16-32-32-32), 301 steps, evaluated at
+    # steps 0 and 300 (evaluating all 70,000 images takes ~30 s per model on such a CPU and
+    # dominates the cost).
+    "cpu_mini": {"datasets": ["domainbed_colored_mnist"],
+                 "algorithms": ["erm", "hgp", "hutchinson"], "n_hparams": 2, "n_trials": 1,
+                 "single_test_envs": True, "steps": 301, "checkpoint_freq": 300,
+                 "width_multiplier": 0.25, "batch_size": 64, "vmap_trials": True},
+}
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "sweep directory (one sub-directory per job)")
+flags.DEFINE_string("preset", None, "a named set of flag values (flags given explicitly win): "
+                    + ", ".join(PRESETS))
 flags.DEFINE_list("datasets", ["domainbed_colored_mnist"], "datasets")
 flags.DEFINE_list("algorithms", ["erm"], "algorithms")
 flags.DEFINE_integer("n_hparams", 20, "hparams seeds n_hparams_from .. n_hparams-1 (0 = defaults)")
@@ -79,6 +96,15 @@ flags.DEFINE_string("trial_batching", "auto", "with --vmap_trials: vmap (trials 
                     "or auto (vmap on GPU/TPU, unroll on CPU, where batched convs are slow)")
 flags.DEFINE_integer("max_vmap_trials", None, "with --vmap_trials: at most this many jobs per "
                      "group (default: no limit; bounds memory)")
+
+
+def apply_preset(f) -> None:
+    if f.preset is None:
+        return
+    check_choice("preset", f.preset, tuple(PRESETS))
+    for name, value in PRESETS[f.preset].items():
+        if not f[name].present:
+            setattr(f, name, value)
 
 
 def build_jobs(f):
@@ -152,6 +178,7 @@ def main(argv):
             raise UsageError(f"give exactly one command: {' | '.join(COMMANDS)}")
         if not FLAGS.output_dir:
             raise UsageError("--output_dir is required")
+        apply_preset(FLAGS)
         jobs = build_jobs(FLAGS)
         launcher = check_launcher(FLAGS)
         os.makedirs(FLAGS.output_dir, exist_ok=True)

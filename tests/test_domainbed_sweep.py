@@ -138,3 +138,18 @@ def test_sweep_script_status_and_bad_command(tmp_path):
     bad = subprocess.run(sweep + ["explode", f"--output_dir={tmp_path}"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "launch | status | delete_incomplete" in bad.stderr
+
+
+def test_cpu_mini_preset_sets_the_sweep_and_explicit_flags_win(tmp_path):
+    sweep = [sys.executable, str(ROOT / "experiments" / "sweep.py"), "status",
+             f"--output_dir={tmp_path}", "--preset=cpu_mini"]
+    proc = subprocess.run(sweep, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # 3 algorithms x 3 test envs x 2 hparams x 1 trial.
+    assert "18 jobs: 0 done, 0 incomplete, 18 not_launched" in proc.stdout
+    proc = subprocess.run(sweep + ["--n_hparams=1", "--algorithms=erm"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert "3 jobs:" in proc.stdout
+    bad = subprocess.run(sweep[:-1] + ["--preset=gpu_huge"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "--preset='gpu_huge'" in bad.stderr and "cpu_mini" in bad.stderr

@@ -24,8 +24,10 @@ def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path):
            [_rec(0, 0.68), _rec(1, 0.70), _rec(2, None, "diverged")])
     _write(tmp_path / "colored_mnist" / "erm" / "results.jsonl", [_rec(0, 0.14)])
     readme = tmp_path / "README.md"
+    (tmp_path / "tables.md").write_text("| sweep | table |\n")
     readme.write_text("top\n<!-- report:begin (experiments/report.py) -->\nold\n"
-                      "<!-- report:end -->\nbottom\n")
+                      "<!-- report:end -->\nmiddle\n<!-- include:begin tables.md -->\nstale\n"
+                      "<!-- include:end -->\nbottom\n")
     proc = subprocess.run([sys.executable, "experiments/report.py",
                            f"--results_dir={tmp_path}", "--update_readme",
                            f"--readme={readme}", "--expected_restarts=3"],
@@ -33,6 +35,9 @@ def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = readme.read_text()
     assert text.startswith("top\n") and text.endswith("bottom\n") and "old" not in text
+    # Include blocks are refreshed from their files.
+    assert "stale" not in text
+    assert "<!-- include:begin tables.md -->\n| sweep | table |\n<!-- include:end -->" in text
     hgp = next(l for l in text.splitlines() if l.startswith("| hgp"))
     assert "69.0 ± 1.0" in hgp and "2/3" in hgp           # diverged restart excluded
     erm = next(l for l in text.splitlines() if l.startswith("| erm"))
