@@ -9,7 +9,8 @@ after another, so its time per step of all T trials is T x the median single-job
 and it compiles T programs. "One program" is ``hjax.domainbed.vmapped.make_group_step`` over the
 T trials, with the trials side by side in every op (``vmap``, the GPU/TPU default) or as
 independent per-trial ops in the program (``unroll``, the CPU default): one compile, one
-dispatch per step for all. Median over --steps timed steps after a warm-up step;
+dispatch per step for all. Median over --rounds x --steps timed steps after a warm-up step,
+the configurations taking turns round by round;
 compile times from ``lower().compile()``, reported separately.
 """
 
@@ -31,27 +32,36 @@ flags.DEFINE_string("algorithm", "hgp", "a DomainBed algorithm")
 flags.DEFINE_list("trials", ["1", "2", "4", "8"], "group sizes T to time")
 flags.DEFINE_integer("batch_size", 64, "examples per training env per step")
 flags.DEFINE_float("width_multiplier", 1.0, "MNIST_CNN widths x this")
-flags.DEFINE_integer("steps", 10, "timed steps (median reported)")
+flags.DEFINE_integer("steps", 5, "timed steps per round")
+flags.DEFINE_integer("rounds", 3, "rounds; each times every configuration in turn (so that "
+                     "a slow spell of the machine hits all of them), median over all steps")
 flags.DEFINE_list("batchings", ["vmap", "unroll"], "trial batchings to time: vmap, unroll")
 flags.DEFINE_bool("fake_data", False, "small synthetic data (tests)")
 flags.DEFINE_string("output", None, "also write the Markdown table here")
 
 
-def _timed(fn, args, steps):
+def _compile(fn, args):
+    """(compiled, state, rest, compile seconds) after one warm-up step."""
     import jax
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    state, rest = args[0], args[1:]
-    state, logs = compiled(state, *rest)        # warm-up
+    state, logs = compiled(*args)
     jax.block_until_ready(logs)
+    return [compiled, state, args[1:], compile_s]
+
+
+def _run_steps(entry, steps) -> list[float]:
+    import jax
+    compiled, state, rest, _ = entry
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         state, logs = compiled(state, *rest)
         jax.block_until_ready(logs)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), compile_s
+    entry[1] = state
+    return times
 
 
 def main(argv):
@@ -71,8 +81,8 @@ def main(argv):
         exit_usage(f"--trials={','.join(FLAGS.trials)} must be positive integers")
     if any(b not in ("vmap", "unroll") for b in FLAGS.batchings):
         exit_usage(f"--batchings={','.join(FLAGS.batchings)}: each must be vmap or unroll")
-    if not sizes or sizes[0] < 1 or FLAGS.steps < 1 or FLAGS.batch_size < 2:
-        exit_usage("need --trials >= 1, --steps >= 1 and --batch_size >= 2")
+    if not sizes or sizes[0] < 1 or FLAGS.steps < 1 or FLAGS.rounds < 1 or FLAGS.batch_size < 2:
+        exit_usage("need --trials >= 1, --steps >= 1, --rounds >= 1 and --batch_size >= 2")
 
     def config(trial):
         return RunConfig(dataset=FLAGS.dataset, algorithm=FLAGS.algorithm, test_envs=(0,),
@@ -90,21 +100,28 @@ def main(argv):
     datas = [load_job_data(config(t), FLAGS.batch_size) for t in range(n_max)]
     states = [initial_state(config(t), hp, model, datas[t], quiet)[0] for t in range(n_max)]
 
-    single_s, single_compile = _timed(
-        make_train_step(FLAGS.algorithm, model, hp, base_key(0)), (states[0], datas[0].train),
-        FLAGS.steps)
-    print(f"single job: {1e3 * single_s:.1f} ms/step (compile {single_compile:.1f} s)",
-          flush=True)
     static = {k: v for k, v in hp.items() if vmapped.is_static_hparam(k)}
     dynamic = [k for k in hp if not vmapped.is_static_hparam(k)]
-    rows = []
+    entries = {"single": _compile(make_train_step(FLAGS.algorithm, model, hp, base_key(0)),
+                                  (states[0], datas[0].train))}
     for t in sizes:
         args = (vmapped._stack(states[:t]), vmapped._stack_train(datas[:t]),
                 jnp.arange(t, dtype=jnp.int32), vmapped._hp_arrays([hp] * t, dynamic),
                 jnp.stack([base_key(i) for i in range(t)]))
         for batching in FLAGS.batchings:
             step = vmapped.make_group_step(FLAGS.algorithm, model, static, batching)
-            group_s, group_compile = _timed(step, args, FLAGS.steps)
+            entries[t, batching] = _compile(step, args)
+    times = {k: [] for k in entries}
+    for r in range(FLAGS.rounds):
+        for k, entry in entries.items():
+            times[k] += _run_steps(entry, FLAGS.steps)
+        print(f"round {r + 1}/{FLAGS.rounds} done", flush=True)
+    single_s, single_compile = statistics.median(times["single"]), entries["single"][3]
+    print(f"single job: {1e3 * single_s:.1f} ms/step (compile {single_compile:.1f} s)")
+    rows = []
+    for t in sizes:
+        for batching in FLAGS.batchings:
+            group_s, group_compile = statistics.median(times[t, batching]), entries[t, batching][3]
             rows.append((t, batching, t * single_s, group_s, t * single_compile, group_compile))
             print(f"T={t} {batching}: separate {1e3 * t * single_s:.0f} ms, one program "
                   f"{1e3 * group_s:.0f} ms per step of all trials ({t * single_s / group_s:.2f}x);"
@@ -113,7 +130,8 @@ def main(argv):
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
                f"{jax.devices()[0].platform}")
     lines = [f"{FLAGS.dataset} / {FLAGS.algorithm}, batch {FLAGS.batch_size} per env, "
-             f"width x{FLAGS.width_multiplier:g}, median of {FLAGS.steps} steps, on {machine}.",
+             f"width x{FLAGS.width_multiplier:g}, median of {FLAGS.rounds} x {FLAGS.steps} steps "
+             f"(configurations interleaved), on {machine}.",
              "", "| trials T | trial batching | separate programs: time per step of all T "
              "| one program | speed-up | compile: separate (T programs) | compile: one program |",
              "|---|---|---|---|---|---|---|"]

@@ -117,10 +117,11 @@ def resolve_batching(batching: str) -> str:
     """``auto``: ``vmap`` on GPU/TPU, ``unroll`` on CPU.
 
     ``vmap`` puts the trials side by side in every op. On XLA:CPU a convolution whose
-    weights carry the trial axis becomes a grouped convolution that runs ~2.5-3x slower than
-    the T ungrouped ones (``experiments/bench_vmap_trials.py``). ``unroll`` writes the T
-    trial steps into the one program as independent ops (compile time grows with T), which
-    XLA:CPU runs concurrently: measured 1.25-1.4x faster than T separate programs on 2 cores.
+    weights carry the trial axis becomes a grouped convolution: the group step measured 2-4.5x
+    slower than T separate programs (``experiments/bench_vmap_trials.py``). ``unroll`` writes
+    the T trial steps into the one program as independent ops (compile time grows with T),
+    which XLA:CPU runs concurrently: on 2 cores 1.0x at full CNN width (compute-bound) and
+    1.4-1.5x at quarter width, with one compile instead of T.
     (A ``lax.map`` loop over trials measured ~10x slower than separate programs on XLA:CPU,
     so it is not offered.)
     """
