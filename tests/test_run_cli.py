@@ -113,3 +113,23 @@ def test_interrupted_run_resumes_from_its_finished_restarts(tmp_path):
     assert proc.returncode == 0 and "starting over" in proc.stderr
     assert [json.loads(l)["hparams"]["lr"] for l in
             (tmp_path / "results.jsonl").read_text().splitlines()] == [0.01, 0.01]
+
+
+def test_penalty_at_params_reads_saved_params_and_compares_estimators(tmp_path):
+    proc = run("--fake_data", "--method=erm", "--restarts=1", "--steps=2", "--save_params",
+               f"--output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    script = [sys.executable, str(ROOT / "experiments" / "penalty_at_params.py"), "--fake_data",
+              f"--input_dir={tmp_path}", "--keys=3", "--num_probes=4"]
+    proc = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
+            for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    exact = float(rows["exact_diag Hessian term"])
+    hutch = float(next(v for k, v in rows.items() if k.startswith("hutchinson")).split()[0])
+    assert exact >= 0 and hutch >= 0 and float(rows["hgp Hessian term"]) >= 0
+    assert "hutchinson / exact_diag:" in proc.stdout
+    missing = subprocess.run(script + ["--restart=7"], capture_output=True, text=True, cwd=ROOT,
+                             timeout=600)
+    assert missing.returncode == 2 and "params_restart7.msgpack" in missing.stderr
+    assert "Traceback" not in missing.stderr
