@@ -88,6 +88,11 @@ def curve(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray, np
     return steps, mean, std
 
 
+def restarts_with(records: Sequence[dict], key: str) -> int:
+    """How many restarts have ``key`` in some history row."""
+    return sum(any(key in row for row in r.get("history") or []) for r in records)
+
+
 def has_key(runs: Mapping[str, Sequence[dict]], key: str) -> bool:
     return any(len(curve(recs, key)[0]) for recs in runs.values())
 
@@ -123,7 +128,7 @@ def plot_curves(runs: Mapping[str, Sequence[dict]], key: str, path: str, *,
         steps, mean, std = curve(records, key)
         if not len(steps):
             continue
-        n = len([r for r in records if r.get("history")])
+        n = restarts_with(records, key)     # e.g. only the tracked restarts of a run
         (line,) = ax.plot(steps, mean, marker="." if len(steps) < 30 else None,
                           label=f"{method} (n={n})")
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2,

@@ -70,6 +70,10 @@ def test_curve_means_over_restarts_and_untracked_runs_skip_the_hessian_plot(tmp_
     assert steps.tolist() == [0, 2, 4]
     assert mean.tolist() == pytest.approx([0.05, 0.07, 0.04])
     assert std.tolist() == pytest.approx([0.05, 0.05, 0.0])
+    # A legend's n counts the restarts that have the plotted key (tracking may be partial).
+    mixed = recs + [fake_record("erm", 2, tracked=False)]
+    assert plotting.restarts_with(mixed, "hess_spectral_train") == 2
+    assert plotting.restarts_with(mixed, "test_acc") == 3
     untracked = {"erm": [fake_record("erm", 0, tracked=False)]}
     assert plotting.plot_hessian_distance(untracked, str(tmp_path / "h.png")) is False
     assert not (tmp_path / "h.png").exists()
