@@ -93,6 +93,11 @@ def main(argv):
                   "needs results.jsonl and a done marker); launch or finish the sweep first",
                   file=sys.stderr)
             sys.exit(1)
+        inert = [r for r in runs if r[-1].get("penalty_note")]
+        if inert:
+            print(f"note: {len(inert)} of {len(runs)} runs had a penalty that never acted as "
+                  f"configured (e.g. {inert[0][-1]['penalty_note']}); see penalty_note in "
+                  "their results.jsonl", file=sys.stderr)
         text = report(runs, FLAGS.latex)
         print(text)
         if FLAGS.output:

@@ -116,7 +116,11 @@ def _write_job(root, name, records, done=True):
 
 def test_collect_results_script(tmp_path):
     for t in range(3):
-        _write_job(tmp_path, f"job{t}", _three_env_run(t, 0, (0.5, 0.5), (0.6, 0.6), (0.5, 0.5)))
+        run = _three_env_run(t, 0, (0.5, 0.5), (0.6, 0.6), (0.5, 0.5))
+        if t == 1:          # a job whose penalty never acted is named, not silently averaged
+            for r in run:
+                r["penalty_note"] = "fishr_penalty_anneal_iters=9 >= steps=5: ..."
+        _write_job(tmp_path, f"job{t}", run)
     _write_job(tmp_path, "unfinished", _three_env_run(0, 1, (0.9, 0.9), (0.1, 0.1), (.9, .9)),
                done=False)
     out = tmp_path / "table.md"
@@ -126,6 +130,7 @@ def test_collect_results_script(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "3 runs" in proc.stdout and "| erm | 60.0 ± 0.0 |" in proc.stdout
     assert out.read_text().strip() == proc.stdout.strip()
+    assert "1 of 3 runs had a penalty that never acted" in proc.stderr
 
 
 def test_sweep_script_status_and_bad_command(tmp_path):
@@ -153,3 +158,21 @@ def test_cpu_mini_preset_sets_the_sweep_and_explicit_flags_win(tmp_path):
     bad = subprocess.run(sweep[:-1] + ["--preset=gpu_huge"], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "--preset='gpu_huge'" in bad.stderr and "cpu_mini" in bad.stderr
+
+
+def test_penalties_that_never_act_are_named():
+    from hjax.domainbed.hparams import default_hparams
+    from hjax.domainbed.run import inactive_penalty_note
+
+    def note(alg, steps=5001, envs=2, **hp):
+        return inactive_penalty_note(alg, {**default_hparams(alg, DS), **hp}, steps, envs)
+
+    assert note("fishr") is None and note("erm") is None and note("hgp") is None
+    assert "fishr_penalty_anneal_iters=1500 >= steps=1000" in note("fishr", steps=1000)
+    assert "trains ERM" in note("fishr", steps=1000)
+    assert "irm_lambda=100 is never used" in note("irm", steps=300)
+    assert "vrex_lambda=10 is never used" in note("vrex", steps=500)
+    assert note("vrex", steps=501) is None
+    for alg in ("hgp", "hutchinson", "exact_diag", "coral", "fishr", "vrex", "iga"):
+        assert "identically 0" in note(alg, envs=1), alg
+    assert note("irm", envs=1) is None          # IRMv1's penalty is per domain: still acts

@@ -111,6 +111,30 @@ def load_environments(config: RunConfig):
     return make_environments(config.dataset, config.trial_seed, mnist=mnist)
 
 
+# Algorithms whose penalty is identically 0 with one training environment (nothing to align):
+# a leave-one-domain-out pair run of a 3-env dataset trains them as plain ERM.
+ZERO_WITH_ONE_ENV = ("vrex", "coral", "fishr", "iga", "groupdro", "hgp", "hutchinson",
+                     "exact_diag")
+
+
+def inactive_penalty_note(algorithm: str, hp: dict, steps: int, num_train_envs: int
+                          ) -> str | None:
+    """Why this job's penalty never acts as configured (DomainBed runs such jobs silently),
+    or None. Logged at the start and stored as ``penalty_note`` in every record."""
+    if num_train_envs < 2 and algorithm in ZERO_WITH_ONE_ENV:
+        return (f"{algorithm} with one training environment: its penalty is identically 0, "
+                "so this job trains ERM")
+    if algorithm == "fishr" and hp["fishr_penalty_anneal_iters"] >= steps:
+        return (f"fishr_penalty_anneal_iters={hp['fishr_penalty_anneal_iters']} >= steps="
+                f"{steps}: the penalty weight stays 0, so this job trains ERM")
+    for name in ("irm", "vrex"):
+        if algorithm == name and hp[f"{name}_penalty_anneal_iters"] >= steps:
+            return (f"{name}_penalty_anneal_iters={hp[f'{name}_penalty_anneal_iters']} >= "
+                    f"steps={steps}: {name}_lambda={hp[f'{name}_lambda']:g} is never used "
+                    "(the penalty weight stays 1)")
+    return None
+
+
 def mean_logs(window: list[dict]) -> dict:
     return {k: float(np.mean([w[k] for w in window])) for k in window[0]} if window else {}
 
@@ -194,7 +218,16 @@ def checkpoint_record(config: RunConfig, hp: dict, data: JobData, step: int, win
         record[f"env{i}_in_acc"] = accuracy("in", i)
         record[f"env{i}_out_acc"] = accuracy("out", i)
     record.update(step_time=step_time, hparams=hp, args=config.identity())
+    note = inactive_penalty_note(config.algorithm, hp, config.steps, len(data.train_idx))
+    if note:
+        record["penalty_note"] = note
     return record
+
+
+def log_penalty_note(config: RunConfig, hp: dict, data: JobData, log) -> None:
+    note = inactive_penalty_note(config.algorithm, hp, config.steps, len(data.train_idx))
+    if note:
+        log(f"note: {os.path.basename(os.path.normpath(config.output_dir))}: {note}")
 
 
 def save_checkpoint(config: RunConfig, hp: dict, state, records: list[dict], log) -> None:
@@ -229,6 +262,7 @@ def run(config: RunConfig, log: Callable[[str], None] = print) -> list[dict]:
     data = load_job_data(config, int(hp["batch_size"]))
     model = make_model(config)
     state, records = initial_state(config, hp, model, data, log)
+    log_penalty_note(config, hp, data, log)
     train_step = make_train_step(config.algorithm, model, hp, base_key(config.trial_seed))
     evaluate = make_evaluator(model)
     window, window_start = [], time.time()

@@ -33,7 +33,8 @@ from hjax.domainbed import algorithms
 from hjax.domainbed.algorithms import Batch
 from hjax.domainbed.data import TrainArrays, sample_batches
 from hjax.domainbed.run import (JobData, RunConfig, checkpoint_record, first_non_finite,
-                                initial_state, is_checkpoint_step, load_job_data, make_model,
+                                initial_state, is_checkpoint_step, load_job_data,
+                                log_penalty_note, make_model,
                                 mark_done, report_divergence, save_checkpoint, start_job)
 from hjax.domainbed.trainer import EvalSplit, base_key
 
@@ -220,6 +221,7 @@ def _run_shape_group(configs, hps, log, batching) -> None:
     starts = defaultdict(list)
     for c, hp in zip(configs, hps):
         state, records = initial_state(c, hp, model, datas[c.trial_seed], log)
+        log_penalty_note(c, hp, datas[c.trial_seed], log)
         starts[int(state.step)].append((c, hp, state, records))
     for jobs in starts.values():        # jobs resumed at different steps cannot share a step
         _train_group(model, jobs, [datas[c.trial_seed] for c, *_ in jobs], log, batching)
