@@ -31,7 +31,7 @@ import numpy as np
 
 from hjax.domainbed import algorithms
 from hjax.domainbed.algorithms import Batch
-from hjax.domainbed.data import TrainArrays, sample_batches
+from hjax.domainbed.data import TrainArrays
 from hjax.domainbed.run import (JobData, RunConfig, checkpoint_record, first_non_finite,
                                 initial_state, is_checkpoint_step, load_job_data,
                                 log_penalty_note, make_model,
