@@ -26,7 +26,8 @@ from hjax.models import irm_mlp  # noqa: E402
 from hjax.results import write_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("methods", ["erm", "irm", "vrex", "fishr", "hgp", "hutchinson", "exact_diag"],
+flags.DEFINE_list("methods", ["erm", "irm", "vrex", "fishr", "hgp", "hutchinson",
+                   "hutchinson_shared", "exact_diag"],
                   "methods to time (erm is always included as the reference)")
 flags.DEFINE_integer("steps", 20, "timed steps per method (median reported)")
 flags.DEFINE_integer("num_devices", None, "devices (default: all visible)")

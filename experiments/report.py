@@ -32,7 +32,8 @@ flags.DEFINE_integer("expected_restarts", None,
                      "flag runs with fewer restarts as incomplete (default: the protocol's, "
                      "10 for colored_mnist and 5 for the label-shift runs)")
 
-METHOD_ORDER = ("erm", "irm", "vrex", "fishr", "hgp", "hutchinson", "exact_diag")
+METHOD_ORDER = ("erm", "irm", "vrex", "fishr", "hgp", "hutchinson", "hutchinson_shared",
+                "exact_diag")
 # SPEC section 6: Fishr paper, Table 2 (IRM-protocol ColoredMNIST; train / test / gray test).
 PUBLISHED = {"erm": "86.4 / 14.0 / 71.0", "irm": "71.0 / 65.6 / 66.1",
              "vrex": "71.7 / 67.2 / 68.6", "fishr": "71.0 / 69.5 / 70.2"}

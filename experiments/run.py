@@ -22,7 +22,8 @@ from hjax.cli import run_main  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "colored_mnist", "colored_mnist or colored_mnist_label_shift")
-flags.DEFINE_string("method", "hutchinson", "erm, irm, vrex, fishr, hgp, hutchinson, exact_diag")
+flags.DEFINE_string("method", "hutchinson",
+                    "erm, irm, vrex, fishr, hgp, hutchinson, hutchinson_shared, exact_diag")
 flags.DEFINE_integer("restarts", 10, "independent restarts (data re-drawn, model re-initialized)")
 flags.DEFINE_integer("steps", 501, "full-batch training steps per restart")
 flags.DEFINE_integer("seed", 0, "base seed; restart r uses data and init seeds derived from it")

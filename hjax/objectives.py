@@ -108,13 +108,13 @@ def fishr(head, features, logits, labels, weights, key, hp):
     return jnp.sum((var - jnp.mean(var, axis=0)) ** 2), {}
 
 
-def _hessian_alignment(method):
+def _hessian_alignment(method, probes="independent"):
     def penalty_fn(head, features, logits, labels, weights, key, hp):
         if hp.get("curvature", "closed_form") == "closed_form":
             terms = linear_head_penalty_terms(
                 head, features, labels, loss=head_loss_kind(logits), weights=weights,
                 method=method, num_probes=hp["num_probes"], key=key, reduction="sum",
-                stop_gradient_reference=False)
+                stop_gradient_reference=False, probes=probes)
         else:
             kind = head_loss_kind(logits)
 
@@ -125,7 +125,8 @@ def _hessian_alignment(method):
             batches = {"features": features, "labels": labels, "weights": weights}
             terms = hessian_penalty_terms(loss_fn, head, batches, method=method,
                                           num_probes=hp["num_probes"], key=key,
-                                          reduction="sum", stop_gradient_reference=False)
+                                          reduction="sum", stop_gradient_reference=False,
+                                          probes=probes)
         hess, grad = terms.hessian, terms.gradient
         penalty = hp.get("alpha", 1.0) * hess + hp.get("beta", 1.0) * grad
         return penalty, {"hessian_term": hess, "gradient_term": grad}
@@ -136,5 +137,8 @@ register("hgp", "HGP: align H_e g_e and g_e across domains (ColoredMNIST-script 
     _hessian_alignment("hgp"))
 register("hutchinson", "Hutchinson: align Rademacher diag(H_e) estimates and g_e")(
     _hessian_alignment("hutchinson"))
+register("hutchinson_shared", "hjax extension: Hutchinson with one probe set shared by all "
+         "domains and the reference (no variance floor once the Hessians align)")(
+    _hessian_alignment("hutchinson", probes="shared"))
 register("exact_diag", "hjax extension: align the exact diag(H_e) and g_e")(
     _hessian_alignment("exact_diag"))

@@ -10,6 +10,11 @@ respect to the head parameters only (SPEC sections 1-2):
 - ``"hutchinson"``: A_e = Rademacher estimate of diag(H_e) with fresh probes per domain;
   Abar = an independent estimate of diag(Hbar) (probes shared by all domains, so the
   domains' products average to Hbar z).
+  With ``probes="shared"`` (an hjax extension) every domain and the reference use the same
+  probes, so Dhat_e - Dhat_ref = (1/K) sum_k z_k * ((H_e - Hbar) z_k): an unbiased estimate of
+  diag(H_e - Hbar) whose variance (the off-diagonal mass of H_e - Hbar) vanishes as the
+  Hessians align, where independent probes leave a variance floor that no alignment removes.
+  It also needs one estimate per domain instead of two.
 - ``"exact_diag"`` (an hjax extension): A_e = diag(H_e) and Abar = diag(Hbar) exactly, the
   K -> infinity limit of Hutchinson.
 """
@@ -28,6 +33,7 @@ from hjax.curvature import exact_diag_from_hvp, hutchinson_from_hvp
 PyTree = Any
 METHODS = ("hgp", "hutchinson", "exact_diag")
 REDUCTIONS = ("mean", "sum")
+PROBES = ("independent", "shared")
 
 
 class PenaltyTerms(NamedTuple):
@@ -57,9 +63,11 @@ def _num_domains(domain_batches) -> int:
     return n
 
 
-def _validate(method, key, num_probes, reduction):
+def _validate(method, key, num_probes, reduction, probes):
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if probes not in PROBES:
+        raise ValueError(f"unknown probes {probes!r}; valid: {', '.join(PROBES)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(REDUCTIONS)}")
     if method == "hutchinson":
@@ -81,10 +89,11 @@ def _sq_dist_per_domain(stacked, ref):
 
 
 def _penalty_terms(linearize, exact_diag, head_params, domain_batches, *, method, key,
-                   num_probes, reduction, stop_gradient_reference, chunk_size):
+                   num_probes, reduction, stop_gradient_reference, chunk_size,
+                   probes="independent"):
     """Shared combiner: ``linearize(params, batch) -> (g, v -> H v)`` for one domain."""
     num_domains = _num_domains(domain_batches)
-    _validate(method, key, num_probes, reduction)
+    _validate(method, key, num_probes, reduction, probes)
 
     if method == "hgp":
         grads = jax.vmap(lambda b: linearize(head_params, b)[0])(domain_batches)
@@ -99,6 +108,14 @@ def _penalty_terms(linearize, exact_diag, head_params, domain_batches, *, method
 
         a_e, h_gbar = jax.vmap(per_domain)(domain_batches, grads)
         abar = _tree_mean0(h_gbar)          # Hbar gbar = mean_e H_e gbar
+    elif method == "hutchinson" and probes == "shared":
+        def per_domain(batch):
+            g_e, hvp_fn = linearize(head_params, batch)
+            return g_e, hutchinson_from_hvp(hvp_fn, head_params, key, num_probes, chunk_size)
+
+        grads, a_e = jax.vmap(per_domain)(domain_batches)
+        gbar = _tree_mean0(grads)
+        abar = _tree_mean0(a_e)             # same probes: mean_e z*(H_e z) = z*(Hbar z)
     elif method == "hutchinson":
         keys = jax.random.split(key, num_domains + 1)
         ref_key = keys[num_domains]
@@ -133,7 +150,8 @@ def hessian_penalty_terms(loss_fn: Callable[[PyTree, PyTree], jax.Array], head_p
                           domain_batches: PyTree, *, method: str = "hutchinson",
                           num_probes: int = 100, key: jax.Array | None = None,
                           reduction: str = "mean", stop_gradient_reference: bool = True,
-                          chunk_size: int | None = None) -> PenaltyTerms:
+                          chunk_size: int | None = None,
+                          probes: str = "independent") -> PenaltyTerms:
     """The Hessian term and the gradient term of :func:`hessian_penalty`, unweighted.
 
     ``chunk_size`` bounds how many probes (Hutchinson) or basis vectors (exact_diag) are
@@ -148,13 +166,14 @@ def hessian_penalty_terms(loss_fn: Callable[[PyTree, PyTree], jax.Array], head_p
     return _penalty_terms(linearize, exact_diag, head_params, domain_batches, method=method,
                           key=key, num_probes=num_probes, reduction=reduction,
                           stop_gradient_reference=stop_gradient_reference,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size, probes=probes)
 
 
 def hessian_penalty(loss_fn: Callable[[PyTree, PyTree], jax.Array], head_params: PyTree,
                     domain_batches: PyTree, *, method: str = "hutchinson", alpha: float = 1.0,
                     beta: float = 1.0, num_probes: int = 100, key: jax.Array | None = None,
-                    reduction: str = "mean", stop_gradient_reference: bool = True) -> jax.Array:
+                    reduction: str = "mean", stop_gradient_reference: bool = True,
+                    probes: str = "independent") -> jax.Array:
     """Hessian- and gradient-alignment penalty across E >= 2 domains (scalar).
 
     Args:
@@ -170,13 +189,17 @@ def hessian_penalty(loss_fn: Callable[[PyTree, PyTree], jax.Array], head_params:
       reduction: "mean" over domains (DomainBed form) or "sum" (ColoredMNIST-script form).
       stop_gradient_reference: stop gradients through Abar and gbar (the authors' DomainBed
         form) or let them flow (their ColoredMNIST form). The value is the same either way.
+      probes: Hutchinson only. "independent" (the paper's form: fresh probes per domain and an
+        independent estimate of diag(Hbar)) or "shared" (hjax extension: one probe set for all
+        domains and the reference; no variance floor once the Hessians align, half the HVPs).
 
     Returns:
       red_e [alpha ||A_e - Abar||^2 + beta ||g_e - gbar||^2], a scalar.
     """
     terms = hessian_penalty_terms(loss_fn, head_params, domain_batches, method=method,
                                   num_probes=num_probes, key=key, reduction=reduction,
-                                  stop_gradient_reference=stop_gradient_reference)
+                                  stop_gradient_reference=stop_gradient_reference,
+                                  probes=probes)
     return alpha * terms.hessian + beta * terms.gradient
 
 
@@ -185,7 +208,8 @@ def linear_head_penalty_terms(head_params: PyTree, features: jax.Array, labels: 
                               method: str = "hutchinson", num_probes: int = 100,
                               key: jax.Array | None = None, reduction: str = "mean",
                               stop_gradient_reference: bool = True,
-                              chunk_size: int | None = None) -> PenaltyTerms:
+                              chunk_size: int | None = None,
+                              probes: str = "independent") -> PenaltyTerms:
     """Fast path of :func:`hessian_penalty_terms` for a linear head on features.
 
     Same value as the generic path with ``loss_fn = linear_head.loss_value`` (up to float
@@ -216,7 +240,7 @@ def linear_head_penalty_terms(head_params: PyTree, features: jax.Array, labels: 
     return _penalty_terms(linearize, exact_diag, head_params, batches, method=method, key=key,
                           num_probes=num_probes, reduction=reduction,
                           stop_gradient_reference=stop_gradient_reference,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size, probes=probes)
 
 
 def linear_head_penalty(head_params: PyTree, features: jax.Array, labels: jax.Array, *,
@@ -224,11 +248,12 @@ def linear_head_penalty(head_params: PyTree, features: jax.Array, labels: jax.Ar
                         method: str = "hutchinson", alpha: float = 1.0, beta: float = 1.0,
                         num_probes: int = 100, key: jax.Array | None = None,
                         reduction: str = "mean", stop_gradient_reference: bool = True,
-                        chunk_size: int | None = None) -> jax.Array:
+                        chunk_size: int | None = None,
+                        probes: str = "independent") -> jax.Array:
     """:func:`hessian_penalty` for a linear head on features, by the closed forms."""
     terms = linear_head_penalty_terms(head_params, features, labels, loss=loss,
                                       weights=weights, method=method, num_probes=num_probes,
                                       key=key, reduction=reduction,
                                       stop_gradient_reference=stop_gradient_reference,
-                                      chunk_size=chunk_size)
+                                      chunk_size=chunk_size, probes=probes)
     return alpha * terms.hessian + beta * terms.gradient

@@ -87,6 +87,67 @@ def test_hutchinson_generic_and_fast_paths_draw_the_same_probes():
     assert abs(float(other) - float(fast)) > 1e-7
 
 
+def _shared_probe_oracle(loss, head, batches, num_domains, key, num_probes, reduction):
+    """Shared probes from dense Hessians: red_e ||Hutchinson(H_e - Hbar)||^2 with the same key."""
+    from jax.flatten_util import ravel_pytree
+    from hjax.curvature import hutchinson_from_hvp
+    loss_fn = head_loss_fn(loss)
+    hs = [dense_curvature(loss_fn, head, domain(batches, e))[1] for e in range(num_domains)]
+    hbar = sum(hs) / num_domains
+    _, unravel = ravel_pytree(head)
+    per_domain = []
+    for h in hs:
+        def hvp_fn(v, m=h - hbar):
+            return unravel(m @ ravel_pytree(v)[0])
+        est = hutchinson_from_hvp(hvp_fn, head, key, num_probes)
+        per_domain.append(float(jnp.sum(ravel_pytree(est)[0] ** 2)))
+    return (np.mean if reduction == "mean" else np.sum)(per_domain)
+
+
+@pytest.mark.parametrize("loss,num_classes", [("softmax", 3), ("logistic", 1)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_shared_probes_estimate_the_diagonal_of_the_hessian_difference(loss, num_classes,
+                                                                       reduction):
+    # With one probe set, Dhat_e - Dhat_ref is Hutchinson's estimate of diag(H_e - Hbar): the
+    # oracle applies the same probes to the dense difference from jax.hessian.
+    head, batches = make_problem(6, 3, num_classes=num_classes, loss=loss)
+    key = jax.random.key(11)
+    expected = _shared_probe_oracle(loss, head, batches, 3, key, 13, reduction)
+    kw = dict(method="hutchinson", probes="shared", key=key, num_probes=13,
+              reduction=reduction)
+    generic = jax.jit(lambda h: hjax.hessian_penalty_terms(head_loss_fn(loss), h, batches,
+                                                           **kw).hessian)(head)
+    fast = jax.jit(lambda h: hjax.linear_head_penalty_terms(
+        h, batches["features"], batches["labels"], loss=loss, **kw).hessian)(head)
+    np.testing.assert_allclose([generic, fast], [expected, expected], rtol=1e-4)
+
+
+def test_shared_probes_have_no_variance_floor_when_hessians_align():
+    # Two domains with the same data have H_0 = H_1: independent probes still give a positive
+    # Hessian term (the estimator's variance), shared probes give exactly zero.
+    head, batches = make_problem(7, 1, n=16)
+    same = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), batches)
+    f, y = same["features"], same["labels"]
+    for k in range(3):
+        key = jax.random.key(k)
+        indep = hjax.linear_head_penalty_terms(head, f, y, method="hutchinson", key=key,
+                                               num_probes=20).hessian
+        shared = hjax.linear_head_penalty_terms(head, f, y, method="hutchinson", key=key,
+                                                num_probes=20, probes="shared").hessian
+        assert float(indep) > 1e-6
+        assert float(shared) == 0.0
+
+
+def test_shared_probes_approach_exact_diag_with_many_probes():
+    head, batches = make_problem(4, 3, n=20)
+    f, y = batches["features"], batches["labels"]
+    exact = float(hjax.linear_head_penalty_terms(head, f, y, method="exact_diag").hessian)
+    est = np.mean([float(hjax.linear_head_penalty_terms(
+        head, f, y, method="hutchinson", probes="shared", key=jax.random.key(i),
+        num_probes=4000).hessian) for i in range(4)])
+    assert abs(est - exact) < 0.05 * exact, (est, exact)
+
+
 @pytest.mark.parametrize("method", ["hgp", "hutchinson", "exact_diag"])
 def test_penalty_reaches_features_and_stop_gradient_changes_only_the_gradient(method):
     head, batches = make_problem(6, 3)
@@ -191,6 +252,8 @@ def _bad(**kw):
     (dict(method="hutchinson", key=None), "needs a PRNG key"),
     (dict(method="hutchinson", key=jax.random.key(0), num_probes=0), "num_probes"),
     (dict(reduction="max", method="hgp"), "unknown reduction 'max'"),
+    (dict(method="hutchinson", key=jax.random.key(0), probes="paired"),
+     "unknown probes 'paired'"),
 ])
 def test_bad_input_raises_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
