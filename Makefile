@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test run data reproduce report mini-sweep clean
+.PHONY: setup test run data reproduce report figures mini-sweep clean
 
 # Re-installs only when requirements.txt or pyproject.toml change.
 setup: $(STAMP)
@@ -29,7 +29,7 @@ run: data
 # (several CPU-hours per method on a 2-core machine; minutes on a GPU). The ColoredMNIST runs
 # also track head-Hessian alignment and keep their params for the figures and
 # experiments/transferability.py (tracking does not change the results).
-METHODS := hgp hutchinson erm fishr exact_diag irm vrex
+METHODS := hgp hutchinson erm fishr exact_diag irm vrex hutchinson_shared
 LABEL_SHIFT_METHODS := erm hgp hutchinson exact_diag
 reproduce: data
 	for m in $(METHODS); do \
@@ -52,6 +52,14 @@ mini-sweep: data
 
 report: setup
 	$(PY) experiments/report.py --update_readme
+
+# The README's alignment figures and transferability table from the saved ColoredMNIST runs
+# (transferability: about a minute per saved model on 2 CPU cores).
+figures: data
+	$(PY) experiments/transferability.py --input_dirs='results/colored_mnist/*' \
+	  --output_dir=results/transferability
+	$(PY) experiments/plot.py --input_dirs='results/colored_mnist/*' \
+	  --transfer_file=results/transferability/transferability.jsonl --output_dir=results/figures
 
 clean:
 	rm -rf $(VENV) *.egg-info
