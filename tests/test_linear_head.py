@@ -52,3 +52,31 @@ def test_unknown_loss_raises():
     head, batches = make_problem(0, 1)
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         linear_head.grad(head, batches["features"][0], batches["labels"][0], "hinge")
+
+
+@pytest.mark.parametrize("loss,num_classes", [("softmax", 3), ("logistic", 1)])
+def test_dense_hessian_equals_jax_hessian_in_the_flat_layout(loss, num_classes):
+    head, batches = make_problem(2, 1, n=9, d=4, num_classes=num_classes, loss=loss)
+    f, y = batches["features"][0], batches["labels"][0]
+    w = jax.random.uniform(jax.random.key(5), y.shape) + 0.1
+    w = w / jnp.sum(w)
+    d, c = head["kernel"].shape
+    flat = linear_head.flatten(head)
+    chex.assert_trees_all_close(linear_head.unflatten(flat, d, c), head)
+    oracle = jax.hessian(lambda v: linear_head.loss_value(linear_head.unflatten(v, d, c), f, y,
+                                                          loss, w))(flat)
+    dense = jax.jit(linear_head.hessian_dense, static_argnums=3)(head, f, y, loss, w)
+    chex.assert_shape(dense, ((d + 1) * c, (d + 1) * c))
+    chex.assert_trees_all_close(dense, oracle, atol=1e-6, rtol=1e-5)
+
+
+def test_weighted_gram_backward_matches_finite_differences():
+    from jax.test_util import check_grads
+    x = jax.random.normal(jax.random.key(0), (6, 3), dtype=jnp.float32)
+    a = jax.random.uniform(jax.random.key(1), (6,))
+    g = jax.random.normal(jax.random.key(2), (3, 3))      # not symmetric on purpose
+    fn = lambda x, a: jnp.sum(g * linear_head.weighted_gram(x, a))  # noqa: E731
+    check_grads(fn, (x, a), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+    plain = lambda x, a: jnp.sum(g * (x.T @ (a[:, None] * x)))  # noqa: E731
+    chex.assert_trees_all_close(jax.grad(fn, (0, 1))(x, a), jax.grad(plain, (0, 1))(x, a),
+                                atol=1e-5)

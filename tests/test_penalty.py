@@ -148,6 +148,42 @@ def test_shared_probes_approach_exact_diag_with_many_probes():
     assert abs(est - exact) < 0.05 * exact, (est, exact)
 
 
+@pytest.mark.parametrize("loss,num_classes", [("softmax", 3), ("logistic", 1)])
+@pytest.mark.parametrize("probes", ["independent", "shared"])
+def test_dense_and_hvp_probe_products_agree_in_value_and_gradient(loss, num_classes, probes):
+    # Same probes either way: the dense head Hessian times z_k equals the HVP with z_k, and
+    # the gradients into the head and the features (the custom Gram backward) agree too.
+    head, batches = make_problem(8, 2, n=15, num_classes=num_classes, loss=loss)
+    f, y = batches["features"], batches["labels"]
+    w = jnp.full(y.shape, 1.0 / y.shape[1]).at[:, -3:].set(0.0)     # padded domains
+    w = w / jnp.sum(w, axis=1, keepdims=True)
+
+    def penalty(h, f, mode):
+        return hjax.linear_head_penalty(h, f, y, loss=loss, weights=w, method="hutchinson",
+                                        key=jax.random.key(2), num_probes=9, probes=probes,
+                                        probe_products=mode, reduction="sum",
+                                        stop_gradient_reference=False)
+    by_hvp = jax.jit(jax.value_and_grad(penalty, (0, 1)), static_argnums=2)(head, f, "hvp")
+    dense = jax.jit(jax.value_and_grad(penalty, (0, 1)), static_argnums=2)(head, f, "dense")
+    assert float(by_hvp[0]) > 0
+    chex.assert_trees_all_close(dense, by_hvp, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_probe_products_raises():
+    head, batches = make_problem(0, 2)
+    with pytest.raises(ValueError, match="unknown probe_products 'gram'"):
+        hjax.linear_head_penalty(head, batches["features"], batches["labels"],
+                                 key=jax.random.key(0), probe_products="gram")
+
+
+def test_auto_probe_products_pick_the_cheaper_way():
+    from hjax.penalty import _dense_is_cheaper
+    assert _dense_is_cheaper(25_000, 390, 1, 150, 2)      # ColoredMNIST's head: dense
+    assert not _dense_is_cheaper(64, 128, 2, 300, 2)      # DomainBed minibatch: HVPs
+    assert not _dense_is_cheaper(25_000, 390, 1, 1, 2)    # one probe: HVPs
+    assert not _dense_is_cheaper(10 ** 6, 2048, 7, 300, 2)  # P = 14,343: too large to form
+
+
 @pytest.mark.parametrize("method", ["hgp", "hutchinson", "exact_diag"])
 def test_penalty_reaches_features_and_stop_gradient_changes_only_the_gradient(method):
     head, batches = make_problem(6, 3)
