@@ -1,6 +1,6 @@
 """Benchmark: median full-batch train-step time per method, relative to ERM, in one process.
 
-    python experiments/bench_train.py [--methods=erm,hgp,...] [--steps=20] [--output=FILE.md]
+    python experiments/bench_train.py [--methods=erm,hgp,...] [--steps=5 --rounds=3] [--output=FILE.md]
 
 The IRM-protocol ColoredMNIST step (2 domains x 25,000 examples, MLP 392-390-390-1) exactly
 as experiments/run.py compiles it. Compile time is measured from ``lower().compile()`` and
@@ -29,51 +29,71 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["erm", "irm", "vrex", "fishr", "hgp", "hutchinson",
                    "hutchinson_shared", "exact_diag"],
                   "methods to time (erm is always included as the reference)")
-flags.DEFINE_integer("steps", 20, "timed steps per method (median reported)")
+flags.DEFINE_integer("steps", 5, "timed steps per method and round")
+flags.DEFINE_integer("rounds", 3, "rounds over all methods (median of all timed steps)")
 flags.DEFINE_integer("num_devices", None, "devices (default: all visible)")
 flags.DEFINE_string("curvature", "closed_form", "closed_form or autodiff")
 flags.DEFINE_bool("fake_data", False, "small synthetic data (tests)")
 flags.DEFINE_string("output", None, "also write the Markdown table here")
 
 
-def time_method(method, batch, mesh, steps, curvature):
+def compile_method(method, batch, mesh, curvature):
+    """(run one step, compile seconds): the compiled step with its own state and key."""
     model = irm_mlp()
     hp = train.method_hparams(method, curvature=curvature)
     init, step_fn = train.make_train_step(model, method, hp)
     params = model.init(jax.random.key(0), jnp.zeros((1,) + batch.images.shape[2:]))
-    state = parallel.replicate(mesh, init(params))
+    holder = {"state": parallel.replicate(mesh, init(params))}
     key = parallel.replicate(mesh, jax.random.key(1))
     t0 = time.perf_counter()
-    compiled = jax.jit(step_fn, donate_argnums=0).lower(state, batch, key).compile()
+    compiled = jax.jit(step_fn, donate_argnums=0).lower(holder["state"], batch, key).compile()
     compile_s = time.perf_counter() - t0
-    state, m = compiled(state, batch, key)
-    jax.block_until_ready(m)
+
+    def one_step():
+        holder["state"], m = compiled(holder["state"], batch, key)
+        jax.block_until_ready(m)
+
+    one_step()                                            # warm-up
+    return one_step, compile_s
+
+
+def time_steps(one_step, steps):
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, m = compiled(state, batch, key)
-        jax.block_until_ready(m)
+        one_step()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), compile_s
+    return times
 
 
 def main(argv):
     del argv
+    for name in ("steps", "rounds"):
+        if getattr(FLAGS, name) < 1:
+            print(f"error: --{name}={getattr(FLAGS, name)} must be a positive integer",
+                  file=sys.stderr)
+            sys.exit(2)
     mnist = data.fake_mnist() if FLAGS.fake_data else data.load_mnist()
     envs = data.make_environments("colored_mnist", seed=0, mnist=mnist)
     mesh = parallel.make_mesh(FLAGS.num_devices)
     batch = parallel.shard_examples(
         mesh, train.stack_domains([envs[0], envs[1]], mesh.devices.size))
     methods = ["erm"] + [m for m in FLAGS.methods if m != "erm"]
-    results = {}
-    for method in methods:
-        results[method] = time_method(method, batch, mesh, FLAGS.steps, FLAGS.curvature)
-        print(f"{method:12s} {1e3 * results[method][0]:9.1f} ms/step  "
-              f"(compile {results[method][1]:.2f} s)", flush=True)
+    compiled = {m: compile_method(m, batch, mesh, FLAGS.curvature) for m in methods}
+    # Rounds interleave the methods so that drift in the machine's speed (other jobs,
+    # frequency scaling) spreads over all of them instead of biasing the ratios.
+    times = {m: [] for m in methods}
+    for r in range(FLAGS.rounds):
+        for m in methods:
+            times[m] += time_steps(compiled[m][0], FLAGS.steps)
+        print(f"round {r + 1}/{FLAGS.rounds}: " + ", ".join(
+            f"{m} {1e3 * statistics.median(times[m]):.0f} ms" for m in methods), flush=True)
+    results = {m: (statistics.median(times[m]), compiled[m][1]) for m in methods}
     erm = results["erm"][0]
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
                f"{mesh.devices.size} {jax.devices()[0].platform} device(s)")
-    lines = [f"Median of {FLAGS.steps} steps, {FLAGS.curvature} head curvature, on {machine}.",
+    lines = [f"Median of {FLAGS.rounds} x {FLAGS.steps} steps (methods interleaved), "
+             f"{FLAGS.curvature} head curvature, on {machine}.",
              "", "| method | step time | relative to ERM | compile time |", "|---|---|---|---|"]
     lines += [f"| {m} | {1e3 * t:.0f} ms | {t / erm:.2f}x | {c:.1f} s |"
               for m, (t, c) in results.items()]

@@ -48,8 +48,12 @@ def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path):
 def test_bench_train_runs_on_fake_data(tmp_path):
     out = tmp_path / "bench.md"
     proc = subprocess.run([sys.executable, "experiments/bench_train.py", "--fake_data",
-                           "--methods=erm,hgp", "--steps=1", f"--output={out}"],
+                           "--methods=erm,hgp", "--steps=1", "--rounds=2", f"--output={out}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = out.read_text()
     assert "| erm |" in table and "| hgp |" in table and "1.00x" in table
+    assert "Median of 2 x 1 steps" in table
+    bad = subprocess.run([sys.executable, "experiments/bench_train.py", "--rounds=0"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and "--rounds=0" in bad.stderr and "Traceback" not in bad.stderr
