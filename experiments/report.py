@@ -87,14 +87,29 @@ def report(results_dir, expected=None):
 INCLUDE = re.compile(r"(<!-- include:begin (\S+) -->\n)(.*?)(<!-- include:end -->)", re.S)
 
 
+HEADING = re.compile(r"^(#+) ", re.M)
+INCLUDED_TOP_LEVEL = 4      # an included file's top heading becomes a README "####"
+
+
+def demote_headings(text: str) -> str:
+    """Shift the file's Markdown headings so that its top level is INCLUDED_TOP_LEVEL (a
+    standalone file's "# Title" must not become a top-level README section)."""
+    levels = [len(h) for h in HEADING.findall(text)]
+    if not levels:
+        return text
+    shift = max(0, INCLUDED_TOP_LEVEL - min(levels))
+    return HEADING.sub(lambda m: "#" * min(6, len(m.group(1)) + shift) + " ", text)
+
+
 def refresh_includes(content: str, root: str) -> str:
-    """Every include block replaced by its file's text (a missing file is an error)."""
+    """Every include block replaced by its file's text, headings demoted (a missing file is
+    an error)."""
     def fill(m):
         path = os.path.join(root, m.group(2))
         if not os.path.exists(path):
             raise SystemExit(f"error: README includes {m.group(2)}, which does not exist")
         with open(path) as f:
-            text = f.read()
+            text = demote_headings(f.read())
         return m.group(1) + text + ("" if text.endswith("\n") else "\n") + m.group(4)
     return INCLUDE.sub(fill, content)
 

@@ -24,7 +24,7 @@ def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path):
            [_rec(0, 0.68), _rec(1, 0.70), _rec(2, None, "diverged")])
     _write(tmp_path / "colored_mnist" / "erm" / "results.jsonl", [_rec(0, 0.14)])
     readme = tmp_path / "README.md"
-    (tmp_path / "tables.md").write_text("| sweep | table |\n")
+    (tmp_path / "tables.md").write_text("# Sweep\n\n## part\n| sweep | table |\n")
     readme.write_text("top\n<!-- report:begin (experiments/report.py) -->\nold\n"
                       "<!-- report:end -->\nmiddle\n<!-- include:begin tables.md -->\nstale\n"
                       "<!-- include:end -->\nbottom\n")
@@ -37,7 +37,9 @@ def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path):
     assert text.startswith("top\n") and text.endswith("bottom\n") and "old" not in text
     # Include blocks are refreshed from their files.
     assert "stale" not in text
-    assert "<!-- include:begin tables.md -->\n| sweep | table |\n<!-- include:end -->" in text
+    # ... with the file's headings demoted below the README's sections.
+    assert ("<!-- include:begin tables.md -->\n#### Sweep\n\n##### part\n| sweep | table |\n"
+            "<!-- include:end -->") in text
     hgp = next(l for l in text.splitlines() if l.startswith("| hgp"))
     assert "69.0 ± 1.0" in hgp and "2/3" in hgp           # diverged restart excluded
     erm = next(l for l in text.splitlines() if l.startswith("| erm"))
