@@ -51,6 +51,15 @@ def rademacher_like(key: jax.Array, params: PyTree) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, probes)
 
 
+def hutchinson_probe(key: jax.Array, index, params: PyTree) -> PyTree:
+    """Probe ``index`` of the Hutchinson estimate keyed by ``key``.
+
+    Every route (HVPs, dense head Hessian, Frobenius diagnostics) draws its probes here, so
+    the same key gives the same probes, and so the same estimate, whichever route runs.
+    """
+    return rademacher_like(jax.random.fold_in(key, index), params)
+
+
 def _num_params(params: PyTree) -> int:
     return sum(math.prod(jnp.shape(x)) for x in jax.tree_util.tree_leaves(params))
 
@@ -101,7 +110,7 @@ def hutchinson_from_hvp(hvp_fn: Callable[[PyTree], PyTree], params: PyTree, key:
         chunk_size = default_chunk_size(params, num_probes)
 
     def one_probe(i):
-        z = rademacher_like(jax.random.fold_in(key, i), params)
+        z = hutchinson_probe(key, i, params)
         return jax.tree_util.tree_map(jnp.multiply, z, hvp_fn(z))
 
     total = _chunked_sum(one_probe, num_probes, chunk_size)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from hjax.curvature import rademacher_like
+from hjax.curvature import hutchinson_probe
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree], jax.Array]
@@ -146,7 +146,7 @@ def _frobenius_sq(lin: _Linearized, coef: np.ndarray, key: jax.Array | None,
         return _chunked_sum(lambda i: sq_norms(jnp.zeros(p, dtype).at[i].set(1)), n, chunk_size)
     zeros = jnp.zeros(p, dtype)
     total = _chunked_sum(
-        lambda k: sq_norms(rademacher_like(jax.random.fold_in(key, k), zeros)), n, chunk_size)
+        lambda k: sq_norms(hutchinson_probe(key, k, zeros)), n, chunk_size)
     return total / n
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from hjax import linear_head
-from hjax.curvature import exact_diag_from_hvp, hutchinson_from_hvp, rademacher_like
+from hjax.curvature import exact_diag_from_hvp, hutchinson_from_hvp, hutchinson_probe
 
 PyTree = Any
 METHODS = ("hgp", "hutchinson", "exact_diag")
@@ -281,9 +281,9 @@ def _dense_is_cheaper(n, d, c, num_probes, estimates_per_domain, max_params=4096
 
 
 def _hutchinson_dense(head_params, h, key, num_probes):
-    """(1/K) sum_k z_k * (H z_k) with H given densely; probe k is the one
-    :func:`hjax.curvature.hutchinson_from_hvp` draws from ``fold_in(key, k)``."""
-    probes = jax.vmap(lambda i: rademacher_like(jax.random.fold_in(key, i), head_params))(
+    """(1/K) sum_k z_k * (H z_k) with H given densely, over the probes that
+    :func:`hjax.curvature.hutchinson_from_hvp` draws (``hutchinson_probe``)."""
+    probes = jax.vmap(lambda i: hutchinson_probe(key, i, head_params))(
         jnp.arange(num_probes))
     z = linear_head.flatten(probes)                       # [K, P]
     est = jnp.mean(z * (z @ h), axis=0)                   # H is symmetric
