@@ -14,6 +14,7 @@ Layout read: results/<dataset or dataset_split>/<method>/results.jsonl, as writt
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import sys
@@ -22,12 +23,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from hjax.results import (mean_std, read_jsonl, summary_row, write_atomic)  # noqa: E402
+from hjax.results import (SUMMARY_COLUMNS, mean_std, read_jsonl, summary_row,  # noqa: E402
+                          write_atomic)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", "results", "folder holding <dataset>/<method>/results.jsonl")
 flags.DEFINE_bool("update_readme", False, "replace the generated block in README.md")
 flags.DEFINE_string("readme", "README.md", "README to update")
+flags.DEFINE_string("paired_baseline", "fishr",
+                    "also tabulate each method's per-restart differences from this method "
+                    "(restarts with the same data and init seeds); empty: no paired table")
 flags.DEFINE_integer("expected_restarts", None,
                      "flag runs with fewer restarts as incomplete (default: the protocol's, "
                      "10 for colored_mnist and 5 for the label-shift runs)")
@@ -74,12 +79,63 @@ def dataset_table(dataset, runs, expected):
     return "\n".join(lines) + "\n"
 
 
-def report(results_dir, expected=None):
+def _pairing_key(record):
+    # Restart r of base seed s draws the same data and the same init key for every method.
+    return record.get("seed"), record.get("data_seed", record["restart"])
+
+
+def paired_differences(records, baseline_records):
+    """{column: (mean, standard error, n)} of 100 * (record - baseline) over the restarts
+    both finished ("ok") with the same seeds; None where fewer than 2 pair up."""
+    base = {_pairing_key(r): r for r in baseline_records if r["status"] == "ok"}
+    pairs = [(r, base[_pairing_key(r)]) for r in records
+             if r["status"] == "ok" and _pairing_key(r) in base]
+    if len(pairs) < 2:
+        return None
+    out = {}
+    for key, _ in SUMMARY_COLUMNS:
+        d = [100 * (a[key] - b[key]) for a, b in pairs]
+        m = sum(d) / len(d)
+        se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+        out[key] = (m, se, len(d))
+    return out
+
+
+def paired_table(runs, baseline):
+    """Each method minus ``baseline`` restart by restart (same data draws, same init): the
+    restart-to-restart spread of the data cancels, so small method effects show."""
+    rows = []
+    for method in _order(runs):
+        if method == baseline:
+            continue
+        diff = paired_differences(runs[method], runs[baseline])
+        if diff is None:
+            continue
+        cells = [f"{(m if round(m, 1) else 0.0):+.1f} ± {se:.1f}"    # no "-0.0"
+                 for m, se, _ in (diff[k] for k, _ in SUMMARY_COLUMNS)]
+        rows.append(f"| {method} | " + " | ".join(cells)
+                    + f" | {diff['test_acc'][2]} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        f"Paired with {baseline} (same restarts, so the same data and initialization): "
+        "mean difference in points ± its standard error.", "",
+        "| method | train acc | test acc | gray test acc | restarts paired |",
+        "|---|---|---|---|---|", *rows]) + "\n"
+
+
+def report(results_dir, expected=None, paired_baseline="fishr"):
     found = collect(results_dir)
     if not found:
         return "No results yet under results/.\n"
-    parts = [dataset_table(d, found[d], expected or EXPECTED_RESTARTS.get(
-        d.split("_intended")[0].split("_reference")[0])) for d in sorted(found)]
+    parts = []
+    for d in sorted(found):
+        parts.append(dataset_table(d, found[d], expected or EXPECTED_RESTARTS.get(
+            d.split("_intended")[0].split("_reference")[0])))
+        if paired_baseline and paired_baseline in found[d]:
+            paired = paired_table(found[d], paired_baseline)
+            if paired:
+                parts.append(paired)
     return ("Accuracies (%) at the last step, mean ± std over restarts; step time is the median "
             "seconds per training step on the machine that ran it.\n\n" + "\n".join(parts))
 
@@ -128,7 +184,7 @@ def update_readme(readme, text):
 
 def main(argv):
     del argv
-    text = report(FLAGS.results_dir, FLAGS.expected_restarts)
+    text = report(FLAGS.results_dir, FLAGS.expected_restarts, FLAGS.paired_baseline)
     print(text)
     if FLAGS.update_readme:
         update_readme(FLAGS.readme, text)

@@ -59,3 +59,29 @@ def test_bench_train_runs_on_fake_data(tmp_path):
     bad = subprocess.run([sys.executable, "experiments/bench_train.py", "--rounds=0"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "--rounds=0" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_paired_table_differences_restarts_with_the_same_seeds(tmp_path):
+    def rec(restart, test, seed=0, status="ok"):
+        r = _rec(restart, test, status)
+        r.update(seed=seed, data_seed=seed * 10_000 + restart)
+        return r
+
+    # fishr: 0.66, 0.70, 0.68 on restarts 0-2. hgp: +1, +3 points on restarts 0 and 1;
+    # restart 2 diverged and a seed-1 restart has no partner, so neither is paired.
+    _write(tmp_path / "colored_mnist" / "fishr" / "results.jsonl",
+           [rec(0, 0.66), rec(1, 0.70), rec(2, 0.68)])
+    _write(tmp_path / "colored_mnist" / "hgp" / "results.jsonl",
+           [rec(0, 0.67), rec(1, 0.73), rec(2, None, status="diverged"), rec(3, 0.10, seed=1)])
+    _write(tmp_path / "colored_mnist" / "irm" / "results.jsonl", [rec(0, 0.5)])  # 1 pair: no row
+    proc = subprocess.run([sys.executable, "experiments/report.py", f"--results_dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    paired = proc.stdout.split("Paired with fishr", 1)[1]
+    hgp = next(l for l in paired.splitlines() if l.startswith("| hgp"))
+    # differences 1 and 3: mean 2.0, standard error std(ddof=1) / sqrt(2) = 1.0
+    assert hgp == "| hgp | +0.0 ± 0.0 | +2.0 ± 1.0 | +0.0 ± 0.0 | 2 |", hgp
+    assert "| irm" not in paired and "| fishr" not in paired
+    proc = subprocess.run([sys.executable, "experiments/report.py", f"--results_dir={tmp_path}",
+                           "--paired_baseline="], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and "Paired with" not in proc.stdout
