@@ -114,7 +114,7 @@ def _hessian_alignment(method, probes="independent"):
             terms = linear_head_penalty_terms(
                 head, features, labels, loss=head_loss_kind(logits), weights=weights,
                 method=method, num_probes=hp["num_probes"], key=key, reduction="sum",
-                stop_gradient_reference=False, probes=probes)
+                stop_gradient_reference=False, probes=probes, logits=logits)
         else:
             kind = head_loss_kind(logits)
 

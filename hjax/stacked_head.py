@@ -1,0 +1,181 @@
+"""HGP and exact-diagonal terms of a linear head for all domains at once, in few feature passes.
+
+Same values as the per-domain closed forms of :mod:`hjax.linear_head` combined by
+:mod:`hjax.penalty` (the tests compare both, and their gradients), written for the training
+step's cost. With features Z [E, n, d] of a full-batch step, the head terms are cheap in
+arithmetic but every product with Z reads all of it, and autodiff of per-domain code adds
+one [n, d] matmul per product to the features' cotangent. Here:
+
+- every product with Z is one batched einsum over all domains, and the two HGP products
+  (H_e g_e and H_e gbar) share one pass with two columns;
+- the features' cotangent of each product is a rank-k outer product with k <= 2C that
+  :func:`_times` and :func:`_transpose_times` form as broadcast multiply-adds, so XLA fuses
+  all of them, and the loss's own, into the one pass that writes dL/dZ.
+
+On ColoredMNIST's step (2 x 25,000 x 390 features, one logit) this takes the HGP head terms
+from 14 to 7 passes over Z (experiments/bench_train.py for the step time).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Above this many columns a matmul beats broadcast multiply-adds for an outer product.
+_ELEMENTWISE_MAX_COLUMNS = 4
+
+
+def _outer(a, b):
+    """a @ b^T per domain: a [E, n, k], b [E, d, k] -> [E, n, d]."""
+    k = a.shape[-1]
+    if k > _ELEMENTWISE_MAX_COLUMNS:
+        return jnp.einsum("enk,edk->end", a, b)
+    return sum(a[:, :, j, None] * b[:, None, :, j] for j in range(k))
+
+
+def _flat_times(z, v):
+    """Z_e v_e for every domain as one 2-D matmul over the [E * n, d] features.
+
+    A batched (per-domain) matmul would read Z in its [E, n, d] shape while the model's own
+    head reads it as [E * n, d]; XLA then writes the features out twice. Multiplying all
+    of Z by every domain's columns and keeping the diagonal blocks costs E times the
+    (tiny) arithmetic but reads Z once, in the shape the rest of the step uses.
+    """
+    e, n, d = z.shape
+    k = v.shape[-1]
+    out = (z.reshape(e * n, d) @ jnp.moveaxis(v, 0, 1).reshape(d, e * k)).reshape(e, n, e, k)
+    return jnp.stack([out[i, :, i] for i in range(e)])                 # [E, n, k]
+
+
+def _flat_transpose_times(z, a):
+    """Z_e^T a_e for every domain as one 2-D matmul with block-diagonal columns."""
+    e, n, d = z.shape
+    k = a.shape[-1]
+    blocks = a[:, :, None, :] * jnp.eye(e, dtype=a.dtype)[:, None, :, None]   # [E, n, E, k]
+    # (a^T Z)^T, not Z^T a: XLA's CPU matmul is much slower with the long axis contracted
+    # over the rows of its left operand (50,000 x 390 features on 2 cores: 80 vs 10 ms for
+    # one column, 24 vs 15 ms for four).
+    out = blocks.reshape(e * n, e * k).T @ z.reshape(e * n, d)                # [E * k, d]
+    return jnp.swapaxes(out.reshape(e, k, d), 1, 2)                          # [E, d, k]
+
+
+@jax.custom_vjp
+def _times(z, v):
+    """Z v per domain: z [E, n, d], v [E, d, k] -> [E, n, k]."""
+    return _flat_times(z, v)
+
+
+def _times_fwd(z, v):
+    return _times(z, v), (z, v)
+
+
+def _times_bwd(res, u_bar):
+    z, v = res
+    return _outer(u_bar, v), _flat_transpose_times(z, u_bar)
+
+
+_times.defvjp(_times_fwd, _times_bwd)
+
+
+@jax.custom_vjp
+def _transpose_times(z, a):
+    """Z^T a per domain: z [E, n, d], a [E, n, k] -> [E, d, k]."""
+    return _flat_transpose_times(z, a)
+
+
+def _transpose_times_fwd(z, a):
+    return _transpose_times(z, a), (z, a)
+
+
+def _transpose_times_bwd(res, h_bar):
+    z, a = res
+    return _outer(a, h_bar), _flat_times(z, h_bar)
+
+
+_transpose_times.defvjp(_transpose_times_fwd, _transpose_times_bwd)
+
+
+@jax.custom_vjp
+def _squares_transpose_times(z, a):
+    """(Z * Z)^T a per domain: z [E, n, d], a [E, n, k] -> [E, d, k]."""
+    return _flat_transpose_times(z * z, a)
+
+
+def _squares_transpose_times_fwd(z, a):
+    return _squares_transpose_times(z, a), (z, a)
+
+
+def _squares_transpose_times_bwd(res, h_bar):
+    z, a = res
+    return 2.0 * z * _outer(a, h_bar), _flat_times(z * z, h_bar)
+
+
+_squares_transpose_times.defvjp(_squares_transpose_times_fwd, _squares_transpose_times_bwd)
+
+
+def _curvature_times(p, u, loss):
+    """A_i u_i over the class axis (-2 of [E, n, C, k]); A_i = diag(p) - p p^T or s (1 - s)."""
+    if loss == "softmax":
+        return p * u - p * jnp.sum(p * u, axis=-2, keepdims=True)
+    return p * (1 - p) * u
+
+
+def _sq_dist(x, ref):
+    """||x_e - ref||^2 per domain, x [E, ...], ref [...] -> [E]."""
+    return jnp.sum(jnp.reshape(x - ref, (x.shape[0], -1)) ** 2, axis=1)
+
+
+def penalty_terms(head_params, features, labels, *, loss, weights, method, reduction,
+                  stop_gradient_reference, logits=None):
+    """(hessian term, gradient term) for ``method`` in ("hgp", "exact_diag").
+
+    Arguments as :func:`hjax.linear_head_penalty_terms` (already validated there); ``logits``
+    may pass the head's outputs on ``features`` [E, n, C] when the caller has them.
+    """
+    e, n, d = features.shape
+    kernel, bias = head_params["kernel"], head_params["bias"]
+    c = bias.shape[-1]
+    dtype = features.dtype
+    w = (jnp.full((e, n), 1.0 / n, dtype) if weights is None else weights.astype(dtype))
+    if logits is None:
+        logits = _times(features, jnp.broadcast_to(kernel, (e, d, c))) + bias
+    if loss == "softmax":
+        p = jax.nn.softmax(logits, axis=-1)
+        y = jax.nn.one_hot(labels, c, dtype=dtype)
+    else:
+        p = jax.nn.sigmoid(logits)
+        y = labels.reshape(p.shape).astype(dtype)
+    r = w[..., None] * (p - y)                                       # [E, n, C]
+    g_kernel = _transpose_times(features, r)                         # [E, d, C]
+    g_bias = jnp.sum(r, axis=1)                                      # [E, C]
+    gbar_kernel, gbar_bias = jnp.mean(g_kernel, axis=0), jnp.mean(g_bias, axis=0)
+
+    if method == "hgp":
+        # Both vectors in one pass: column 0 is g_e, column 1 is gbar.
+        v_kernel = jnp.stack([g_kernel, jnp.broadcast_to(gbar_kernel, g_kernel.shape)], -1)
+        v_bias = jnp.stack([g_bias, jnp.broadcast_to(gbar_bias, g_bias.shape)], -1)
+        u = _times(features, v_kernel.reshape(e, d, 2 * c)).reshape(e, n, c, 2)
+        u = u + v_bias[:, None]
+        au = w[..., None, None] * _curvature_times(p[..., None], u, loss)     # [E, n, C, 2]
+        h_kernel = _transpose_times(features, au.reshape(e, n, 2 * c)).reshape(e, d, c, 2)
+        h_bias = jnp.sum(au, axis=1)                                           # [E, C, 2]
+        a_kernel, a_bias = h_kernel[..., 0], h_bias[..., 0]                    # H_e g_e
+        # Abar = Hbar gbar = mean_e H_e gbar.
+        abar_kernel = jnp.mean(h_kernel[..., 1], axis=0)
+        abar_bias = jnp.mean(h_bias[..., 1], axis=0)
+    elif method == "exact_diag":
+        # Softmax and logistic alike: the diagonal of A_i is p (1 - p).
+        a = w[..., None] * p * (1 - p)                                # [E, n, C]
+        a_kernel = _squares_transpose_times(features, a)              # [E, d, C]
+        a_bias = jnp.sum(a, axis=1)
+        abar_kernel, abar_bias = jnp.mean(a_kernel, axis=0), jnp.mean(a_bias, axis=0)
+    else:
+        raise ValueError(f"stacked penalty terms support hgp and exact_diag, not {method!r}")
+
+    if stop_gradient_reference:
+        abar_kernel, abar_bias, gbar_kernel, gbar_bias = jax.lax.stop_gradient(
+            (abar_kernel, abar_bias, gbar_kernel, gbar_bias))
+    hess = _sq_dist(a_kernel, abar_kernel) + _sq_dist(a_bias, abar_bias)
+    grad = _sq_dist(g_kernel, gbar_kernel) + _sq_dist(g_bias, gbar_bias)
+    reduce = jnp.mean if reduction == "mean" else jnp.sum
+    return reduce(hess), reduce(grad)
