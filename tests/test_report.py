@@ -55,7 +55,7 @@ def test_bench_train_runs_on_fake_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = out.read_text()
     assert "| erm |" in table and "| hgp |" in table and "1.00x" in table
-    assert "Median of 2 x 1 steps" in table
+    assert "2 rounds x 1 steps per method" in table and "[" in table
     bad = subprocess.run([sys.executable, "experiments/bench_train.py", "--rounds=0"],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and "--rounds=0" in bad.stderr and "Traceback" not in bad.stderr
