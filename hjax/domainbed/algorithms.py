@@ -218,7 +218,7 @@ def _hessian_alignment(method: str):
         terms = linear_head_penalty_terms(
             params["classifier"], z, batch.labels, loss="softmax", method=method,
             num_probes=hp.get(f"{method}_num_probes", 1), key=key, reduction="mean",
-            stop_gradient_reference=True)
+            stop_gradient_reference=True, logits=logits)
         penalty = hp[f"{method}_alpha"] * terms.hessian + hp[f"{method}_beta"] * terms.gradient
         return nll + penalty, (state, {"nll": nll, "penalty": penalty,
                                        "hessian_term": terms.hessian,
