@@ -1,5 +1,9 @@
 """The all-domains-at-once HGP / exact-diagonal terms against the generic autodiff path."""
 
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -120,3 +124,32 @@ def test_products_and_their_cotangents_equal_plain_einsums(k):
         want_out, want_vjp = jax.vjp(plain, z, other)
         chex.assert_trees_all_close(got_out, want_out, rtol=1e-5, atol=1e-5)
         chex.assert_trees_all_close(got_vjp(out_bar), want_vjp(out_bar), rtol=1e-5, atol=1e-5)
+
+
+SHARDED_SCRIPT = """
+import jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import hjax
+mesh = Mesh(jax.devices(), ("data",))
+features = jax.device_put(jnp.ones((2, 64, 8)), NamedSharding(mesh, P(None, "data")))
+labels = jax.device_put(jnp.zeros((2, 64), jnp.int32), NamedSharding(mesh, P(None, "data")))
+head = {"kernel": jnp.full((8, 1), 0.1), "bias": jnp.zeros((1,))}
+for method in ("hgp", "exact_diag"):
+    grad = jax.jit(jax.grad(lambda h, z: hjax.linear_head_penalty(
+        h, z, labels, loss="logistic", method=method), argnums=(0, 1)))
+    hlo = grad.lower(head, features).compile().as_text()
+    print(method, "all-gather" in hlo, "all-to-all" in hlo)
+"""
+
+
+def test_sharded_features_are_not_gathered_onto_every_device():
+    """Examples are sharded over devices; the head terms must reduce over them, never
+    gather all features onto each device (a reshape merging the domain and example axes
+    once did)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], capture_output=True,
+                          text=True, env=env, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["hgp False False", "exact_diag False False"], \
+        proc.stdout
