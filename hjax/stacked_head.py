@@ -6,14 +6,15 @@ step's cost. With features Z [E, n, d] of a full-batch step, the head terms are 
 arithmetic but every product with Z reads all of it, and autodiff of per-domain code adds
 one [n, d] matmul per product to the features' cotangent. Here:
 
-- every product with Z is one batched einsum over all domains, and the two HGP products
-  (H_e g_e and H_e gbar) share one pass with two columns;
-- the features' cotangent of each product is a rank-k outer product with k <= 2C that
-  :func:`_times` and :func:`_transpose_times` form as broadcast multiply-adds, so XLA fuses
-  all of them, and the loss's own, into the one pass that writes dL/dZ.
+- every product with Z is one einsum over all E * n rows against every domain's columns
+  (diagonal blocks kept), and the two HGP products (H_e g_e and H_e gbar) share one pass;
+- the features' cotangent of each product is a rank-k outer product (k <= 2C) that the
+  custom VJPs below form as broadcast multiply-adds for k <= 4, so XLA fuses all of them,
+  and the loss's own, into the one pass that writes dL/dZ;
+- the model's logits are reused when the caller passes them.
 
-On ColoredMNIST's step (2 x 25,000 x 390 features, one logit) this takes the HGP head terms
-from 14 to 7 passes over Z (experiments/bench_train.py for the step time).
+On ColoredMNIST's step (2 x 25,000 x 390 features, one logit) HGP's head terms read the
+features 6 times beyond ERM's step instead of 14 (experiments/bench_train.py for the time).
 """
 
 from __future__ import annotations
@@ -62,58 +63,27 @@ def _flat_transpose_times(z, a):
     return jnp.swapaxes(out.reshape(e, k, d), 1, 2)                          # [E, d, k]
 
 
-@jax.custom_vjp
-def _times(z, v):
-    """Z v per domain: z [E, n, d], v [E, d, k] -> [E, n, k]."""
-    return _flat_times(z, v)
+def _product(forward, backward):
+    """``forward(z, x)`` with a custom VJP: ``backward(z, x, out_bar) -> (z_bar, x_bar)``."""
+    fn = jax.custom_vjp(forward)
+    fn.defvjp(lambda z, x: (forward(z, x), (z, x)), lambda res, out_bar: backward(*res, out_bar))
+    return fn
 
 
-def _times_fwd(z, v):
-    return _times(z, v), (z, v)
+# Z v per domain: z [E, n, d], v [E, d, k] -> [E, n, k].
+_times = _product(
+    _flat_times,
+    lambda z, v, u_bar: (_outer(u_bar, v), _flat_transpose_times(z, u_bar)))
 
+# Z^T a per domain: z [E, n, d], a [E, n, k] -> [E, d, k].
+_transpose_times = _product(
+    _flat_transpose_times,
+    lambda z, a, h_bar: (_outer(a, h_bar), _flat_times(z, h_bar)))
 
-def _times_bwd(res, u_bar):
-    z, v = res
-    return _outer(u_bar, v), _flat_transpose_times(z, u_bar)
-
-
-_times.defvjp(_times_fwd, _times_bwd)
-
-
-@jax.custom_vjp
-def _transpose_times(z, a):
-    """Z^T a per domain: z [E, n, d], a [E, n, k] -> [E, d, k]."""
-    return _flat_transpose_times(z, a)
-
-
-def _transpose_times_fwd(z, a):
-    return _transpose_times(z, a), (z, a)
-
-
-def _transpose_times_bwd(res, h_bar):
-    z, a = res
-    return _outer(a, h_bar), _flat_times(z, h_bar)
-
-
-_transpose_times.defvjp(_transpose_times_fwd, _transpose_times_bwd)
-
-
-@jax.custom_vjp
-def _squares_transpose_times(z, a):
-    """(Z * Z)^T a per domain: z [E, n, d], a [E, n, k] -> [E, d, k]."""
-    return _flat_transpose_times(z * z, a)
-
-
-def _squares_transpose_times_fwd(z, a):
-    return _squares_transpose_times(z, a), (z, a)
-
-
-def _squares_transpose_times_bwd(res, h_bar):
-    z, a = res
-    return 2.0 * z * _outer(a, h_bar), _flat_times(z * z, h_bar)
-
-
-_squares_transpose_times.defvjp(_squares_transpose_times_fwd, _squares_transpose_times_bwd)
+# (Z * Z)^T a per domain (the exact Hessian diagonal), a [E, n, k] -> [E, d, k].
+_squares_transpose_times = _product(
+    lambda z, a: _flat_transpose_times(z * z, a),
+    lambda z, a, h_bar: (2.0 * z * _outer(a, h_bar), _flat_times(z * z, h_bar)))
 
 
 def _curvature_times(p, u, loss):
