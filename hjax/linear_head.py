@@ -36,9 +36,9 @@ def logits(head_params, features):
     return features @ head_params["kernel"] + head_params["bias"]
 
 
-def _probs_and_residual(head_params, features, labels, loss):
-    """p_i and p_i - y_i, both [n, C]."""
-    out = logits(head_params, features)
+def _probs_and_residual(head_params, features, labels, loss, head_logits=None):
+    """p_i and p_i - y_i, both [n, C]; ``head_logits`` reuses the caller's head outputs."""
+    out = logits(head_params, features) if head_logits is None else head_logits
     if loss == "softmax":
         p = jax.nn.softmax(out, axis=-1)
         y = jax.nn.one_hot(labels, out.shape[-1], dtype=out.dtype)
@@ -70,24 +70,25 @@ def grad(head_params, features, labels, loss="softmax", weights=None):
     return {"kernel": features.T @ wr, "bias": jnp.sum(wr, axis=0)}
 
 
-def _curvature_times(p, u, loss):
-    """A_i u_i with A_i = diag(p_i) - p_i p_i^T (softmax) or s_i (1 - s_i) (logistic)."""
+def curvature_times(p, u, loss, class_axis=-1):
+    """A_i u_i with A_i = diag(p_i) - p_i p_i^T (softmax) or s_i (1 - s_i) (logistic); the
+    classes lie on ``class_axis`` of ``p`` and ``u`` (other axes broadcast)."""
     if loss == "softmax":
-        return p * u - p * jnp.sum(p * u, axis=-1, keepdims=True)
+        return p * u - p * jnp.sum(p * u, axis=class_axis, keepdims=True)
     return p * (1 - p) * u
 
 
-def linearize(head_params, features, labels, loss="softmax", weights=None):
+def linearize(head_params, features, labels, loss="softmax", weights=None, head_logits=None):
     """(g, v -> H v) for the head loss; the forward pass is shared by every product."""
     _check_loss(loss)
     w = _weights(features, weights)
-    p, r = _probs_and_residual(head_params, features, labels, loss)
+    p, r = _probs_and_residual(head_params, features, labels, loss, head_logits)
     wr = w[:, None] * r
     g = {"kernel": features.T @ wr, "bias": jnp.sum(wr, axis=0)}
 
     def hvp_fn(v):
         u = features @ v["kernel"] + v["bias"]          # tangent of the logits, [n, C]
-        au = w[:, None] * _curvature_times(p, u, loss)
+        au = w[:, None] * curvature_times(p, u, loss)
         return {"kernel": features.T @ au, "bias": jnp.sum(au, axis=0)}
 
     return g, hvp_fn
@@ -98,11 +99,11 @@ def hvp(head_params, features, labels, v, loss="softmax", weights=None):
     return linearize(head_params, features, labels, loss, weights)[1](v)
 
 
-def hessian_diag(head_params, features, labels, loss="softmax", weights=None):
+def hessian_diag(head_params, features, labels, loss="softmax", weights=None, head_logits=None):
     """diag(H)[j, c] = sum_i w_i p_ic (1 - p_ic) z~_ij^2 (exact, O(n d C))."""
     _check_loss(loss)
     w = _weights(features, weights)
-    p, _ = _probs_and_residual(head_params, features, labels, loss)
+    p, _ = _probs_and_residual(head_params, features, labels, loss, head_logits)
     # Softmax: diag of diag(p) - p p^T is p (1 - p); logistic: s (1 - s). Same expression.
     a = w[:, None] * p * (1 - p)
     return {"kernel": (features ** 2).T @ a, "bias": jnp.sum(a, axis=0)}
@@ -122,13 +123,13 @@ def unflatten(flat, d: int, num_outputs: int):
             "bias": flat[d * num_outputs:]}
 
 
-def hessian_dense(head_params, features, labels, loss="softmax", weights=None):
+def hessian_dense(head_params, features, labels, loss="softmax", weights=None, head_logits=None):
     """The head Hessian as a dense [P, P] matrix, P = (d + 1) C, in the :func:`flatten` layout:
     H = sum_i w_i (z~_i z~_i^T) (x) A_i, O(n P^2). Cheaper than probing the data with HVPs when
     the head is small next to the probe count (a Hutchinson estimate costs O(n P K))."""
     _check_loss(loss)
     w = _weights(features, weights)
-    p, _ = _probs_and_residual(head_params, features, labels, loss)
+    p, _ = _probs_and_residual(head_params, features, labels, loss, head_logits)
     zt = jnp.concatenate([features, jnp.ones_like(features[:, :1])], axis=1)   # [n, d + 1]
     n, c = p.shape
     if loss == "logistic":

@@ -146,6 +146,12 @@ def _penalty_terms(linearize, exact_diag, head_params, domain_batches, *, method
         gbar = _tree_mean0(grads)
         abar = _tree_mean0(a_e)
 
+    return _combine(grads, gbar, a_e, abar, reduction=reduction,
+                    stop_gradient_reference=stop_gradient_reference)
+
+
+def _combine(grads, gbar, a_e, abar, *, reduction, stop_gradient_reference):
+    """The two terms from the per-domain vectors (stacked [E, ...]) and their references."""
     if stop_gradient_reference:
         abar = jax.lax.stop_gradient(abar)
         gbar = jax.lax.stop_gradient(gbar)
@@ -240,9 +246,8 @@ def linear_head_penalty_terms(head_params: PyTree, features: jax.Array, labels: 
         391-parameter head and 150 probes on 25,000 examples, where it halves the penalty's
         cost; hvp for large heads, small batches or few probes).
       logits: optional ``features @ kernel + bias`` [E, n, C] that the caller already has
-        (e.g. from the model's forward pass), so that HGP and exact_diag need not recompute
-        it; it must be that function of ``head_params`` and ``features`` for the gradients
-        to be right.
+        (e.g. from the model's forward pass), so that no method recomputes it; it must be
+        that function of ``head_params`` and ``features`` for the gradients to be right.
     """
     linear_head._check_loss(loss)
     if probe_products not in PROBE_PRODUCTS:
@@ -251,26 +256,27 @@ def linear_head_penalty_terms(head_params: PyTree, features: jax.Array, labels: 
     batches = {"features": features, "labels": labels}
     if weights is not None:
         batches["weights"] = weights
+    if logits is not None:
+        batches["logits"] = logits
     if method in ("hgp", "exact_diag"):
         _num_domains(batches)
         _validate(method, key, num_probes, reduction, probes)
         # All domains at once, in fewer passes over the features (hjax.stacked_head).
-        return PenaltyTerms(*stacked_head.penalty_terms(
+        return _combine(*stacked_head.domain_terms(
             head_params, features, labels, loss=loss, weights=weights, method=method,
-            reduction=reduction, stop_gradient_reference=stop_gradient_reference,
-            logits=logits))
+            logits=logits), reduction=reduction, stop_gradient_reference=stop_gradient_reference)
 
     def linearize(params, batch):
         return linear_head.linearize(params, batch["features"], batch["labels"], loss,
-                                     batch.get("weights"))
+                                     batch.get("weights"), batch.get("logits"))
 
     def exact_diag(params, batch, hvp_fn):
         return linear_head.hessian_diag(params, batch["features"], batch["labels"], loss,
-                                        batch.get("weights"))
+                                        batch.get("weights"), batch.get("logits"))
 
     def dense_estimates(params, batch, hvp_fn, keys):
         h = linear_head.hessian_dense(params, batch["features"], batch["labels"], loss,
-                                      batch.get("weights"))
+                                      batch.get("weights"), batch.get("logits"))
         return [_hutchinson_dense(params, h, k, num_probes) for k in keys]
 
     use_dense = method == "hutchinson" and (

@@ -22,6 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from hjax import linear_head
+
 # Above this many columns a matmul beats broadcast multiply-adds for an outer product.
 _ELEMENTWISE_MAX_COLUMNS = 4
 
@@ -86,21 +88,9 @@ _squares_transpose_times = _product(
     lambda z, a, h_bar: (2.0 * z * _outer(a, h_bar), _flat_times(z * z, h_bar)))
 
 
-def _curvature_times(p, u, loss):
-    """A_i u_i over the class axis (-2 of [E, n, C, k]); A_i = diag(p) - p p^T or s (1 - s)."""
-    if loss == "softmax":
-        return p * u - p * jnp.sum(p * u, axis=-2, keepdims=True)
-    return p * (1 - p) * u
-
-
-def _sq_dist(x, ref):
-    """||x_e - ref||^2 per domain, x [E, ...], ref [...] -> [E]."""
-    return jnp.sum(jnp.reshape(x - ref, (x.shape[0], -1)) ** 2, axis=1)
-
-
-def penalty_terms(head_params, features, labels, *, loss, weights, method, reduction,
-                  stop_gradient_reference, logits=None):
-    """(hessian term, gradient term) for ``method`` in ("hgp", "exact_diag").
+def domain_terms(head_params, features, labels, *, loss, weights, method, logits=None):
+    """Per-domain vectors of ``method`` ("hgp" or "exact_diag"): (g_e, gbar, A_e, Abar) as head
+    pytrees, g_e and A_e stacked over domains [E, ...]; :mod:`hjax.penalty` combines them.
 
     Arguments as :func:`hjax.linear_head_penalty_terms` (already validated there); ``logits``
     may pass the head's outputs on ``features`` [E, n, C] when the caller has them.
@@ -129,7 +119,8 @@ def penalty_terms(head_params, features, labels, *, loss, weights, method, reduc
         v_bias = jnp.stack([g_bias, jnp.broadcast_to(gbar_bias, g_bias.shape)], -1)
         u = _times(features, v_kernel.reshape(e, d, 2 * c)).reshape(e, n, c, 2)
         u = u + v_bias[:, None]
-        au = w[..., None, None] * _curvature_times(p[..., None], u, loss)     # [E, n, C, 2]
+        au = w[..., None, None] * linear_head.curvature_times(
+            p[..., None], u, loss, class_axis=-2)                              # [E, n, C, 2]
         h_kernel = _transpose_times(features, au.reshape(e, n, 2 * c)).reshape(e, d, c, 2)
         h_bias = jnp.sum(au, axis=1)                                           # [E, C, 2]
         a_kernel, a_bias = h_kernel[..., 0], h_bias[..., 0]                    # H_e g_e
@@ -145,10 +136,8 @@ def penalty_terms(head_params, features, labels, *, loss, weights, method, reduc
     else:
         raise ValueError(f"stacked penalty terms support hgp and exact_diag, not {method!r}")
 
-    if stop_gradient_reference:
-        abar_kernel, abar_bias, gbar_kernel, gbar_bias = jax.lax.stop_gradient(
-            (abar_kernel, abar_bias, gbar_kernel, gbar_bias))
-    hess = _sq_dist(a_kernel, abar_kernel) + _sq_dist(a_bias, abar_bias)
-    grad = _sq_dist(g_kernel, gbar_kernel) + _sq_dist(g_bias, gbar_bias)
-    reduce = jnp.mean if reduction == "mean" else jnp.sum
-    return reduce(hess), reduce(grad)
+    def head(kernel_part, bias_part):
+        return {"kernel": kernel_part, "bias": bias_part}
+
+    return (head(g_kernel, g_bias), head(gbar_kernel, gbar_bias),
+            head(a_kernel, a_bias), head(abar_kernel, abar_bias))

@@ -25,12 +25,12 @@ def generic_terms(loss, method, reduction, sg):
     return terms
 
 
-def fast_terms(loss, method, reduction, sg, pass_logits=False):
+def fast_terms(loss, method, reduction, sg, pass_logits=False, **kwargs):
     def terms(head, features, labels, weights):
         logits = features @ head["kernel"] + head["bias"] if pass_logits else None
         t = hjax.linear_head_penalty_terms(head, features, labels, loss=loss, weights=weights,
                                            method=method, reduction=reduction,
-                                           stop_gradient_reference=sg, logits=logits)
+                                           stop_gradient_reference=sg, logits=logits, **kwargs)
         return t.hessian, t.gradient
     return terms
 
@@ -71,15 +71,45 @@ def test_stacked_terms_and_gradients_equal_the_generic_path(loss, num_classes, m
     np.testing.assert_array_equal(got_grads[1][-1, -3:], 0.0)
 
 
-@pytest.mark.parametrize("method", ["hgp", "exact_diag"])
+# Hutchinson takes the per-domain closed forms (hjax.linear_head), both ways of forming the
+# probe products.
+@pytest.mark.parametrize("method,kwargs", [
+    ("hgp", {}), ("exact_diag", {}),
+    ("hutchinson", {"probe_products": "hvp"}), ("hutchinson", {"probe_products": "dense"})])
 @pytest.mark.parametrize("loss,num_classes", [("softmax", 3), ("logistic", 1)])
-def test_passing_the_logits_changes_nothing(method, loss, num_classes):
+def test_passing_the_logits_changes_nothing(method, kwargs, loss, num_classes):
     head, batches = make_problem(11, 3, num_classes=num_classes, loss=loss)
     weights = jnp.full(batches["labels"].shape, 1.0 / batches["labels"].shape[1])
-    without = value_and_grads(fast_terms(loss, method, "sum", False), head, batches, weights)
-    with_logits = value_and_grads(fast_terms(loss, method, "sum", False, pass_logits=True),
-                                  head, batches, weights)
+    if method == "hutchinson":
+        kwargs = dict(kwargs, key=jax.random.key(5), num_probes=7)
+    without = value_and_grads(fast_terms(loss, method, "sum", False, **kwargs),
+                              head, batches, weights)
+    with_logits = value_and_grads(fast_terms(loss, method, "sum", False, pass_logits=True,
+                                             **kwargs), head, batches, weights)
     chex.assert_trees_all_close(with_logits, without, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method,kwargs", [
+    ("hgp", {}), ("exact_diag", {}),
+    ("hutchinson", {"probe_products": "hvp"}), ("hutchinson", {"probe_products": "dense"})])
+def test_the_passed_logits_are_the_ones_used(method, kwargs):
+    # A linear head's terms depend on its parameters only through the logits, so logits of a
+    # head with a shifted bias must give that head's terms: this fails if they are ignored.
+    head, batches = make_problem(12, 2, num_classes=3, loss="softmax")
+    if method == "hutchinson":
+        kwargs = dict(kwargs, key=jax.random.key(5), num_probes=7)
+    shifted = dict(head, bias=head["bias"] + jnp.array([0.9, -0.4, 0.2]))
+    features, labels = batches["features"], batches["labels"]
+
+    def terms(h, logits=None):
+        t = hjax.linear_head_penalty_terms(h, features, labels, method=method, logits=logits,
+                                           **kwargs)
+        return t.hessian, t.gradient
+
+    want = terms(shifted)
+    got = terms(head, logits=features @ shifted["kernel"] + shifted["bias"])
+    chex.assert_trees_all_close(got, want, rtol=1e-5)
+    assert not np.allclose(terms(head)[0], want[0], rtol=1e-2)
 
 
 @pytest.mark.parametrize("method", ["hgp", "exact_diag"])
