@@ -9,6 +9,11 @@ or evaluates models that run.py saved with --save_params:
 
     python experiments/transferability.py --input_dirs='results/colored_mnist/*' ...
 
+Params files are not committed (1.2 MB each), so in that mode a model already in
+<output_dir>/transferability.jsonl (same deltas and ascent settings) keeps its rows without
+being loaded (--noreuse measures again), and a model with neither params nor rows is skipped
+with a warning: `make figures` on a fresh clone adds what is new and loses nothing.
+
 For each model and delta: hjax.diagnostics.transfer_measure over the ball of heads of radius
 delta around the trained head, on the features of the trained featurizer (hjax.transferability).
 Writes <output_dir>/transferability.jsonl (one row per method, restart and delta),
@@ -48,6 +53,11 @@ flags.DEFINE_float("ascent_lr", 0.1, "ascent step size, as a fraction of delta")
 flags.DEFINE_integer("num_devices", None, "devices for training (default: all visible)")
 flags.DEFINE_bool("fake_data", False, "small synthetic MNIST instead of the real one (tests)")
 flags.DEFINE_string("output_dir", "runs/transferability", "where the outputs go")
+flags.DEFINE_bool("reuse", True,
+                  "with --input_dirs: keep the rows <output_dir>/transferability.jsonl already "
+                  "has for a model (same deltas, seed and ascent settings) instead of measuring "
+                  "it again; saved params are not committed, so this is how a fresh clone's "
+                  "`make figures` keeps the models whose params it lacks")
 flags.DEFINE_float("width", 6.0, "figure width in inches")
 flags.DEFINE_float("height", 4.0, "figure height in inches")
 flags.DEFINE_integer("dpi", 100, "figure dots per inch")
@@ -122,11 +132,47 @@ def trained_models(f, mnist):
                 continue
             print(f"{method} restart {r}: train acc {rec['train_acc']:.4f}, "
                   f"test acc {rec['test_acc']:.4f}", flush=True)
-            yield method, r, seed, model, final["params"], envs, info
+            yield method, r, seed, model, final["params"], envs, info, None
 
 
-def saved_models(f, mnist, methods_given: bool):
-    """Yields the same tuples from run.py output directories with saved params."""
+# Rows written before the settings were recorded came from `make figures`, i.e. the defaults.
+_DEFAULT_SETTINGS = {"seed": 0, "ascent_restarts": 8, "ascent_steps": 200, "ascent_lr": 0.1}
+
+
+def measure_settings(f) -> dict:
+    """What, besides the model and delta, a row's numbers depend on."""
+    return {"seed": f.seed, "ascent_restarts": f.ascent_restarts,
+            "ascent_steps": f.ascent_steps, "ascent_lr": f.ascent_lr}
+
+
+def _model_key(row) -> tuple:
+    return row["dataset"], row["method"], row["restart"], row["data_seed"]
+
+
+def previous_rows(out_dir: str, settings: dict) -> dict:
+    """Rows of an earlier transferability.jsonl measured with these settings, by model."""
+    from hjax.results import read_jsonl
+
+    path = os.path.join(out_dir, "transferability.jsonl")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        rows = read_jsonl(path)
+    except (OSError, ValueError) as e:
+        print(f"warning: {path} is unreadable ({e}); measuring every model again",
+              file=sys.stderr, flush=True)
+        return {}
+    by_model = {}
+    for row in rows:
+        if row.get("settings", _DEFAULT_SETTINGS) == settings:
+            by_model.setdefault(_model_key(row), []).append(row)
+    return by_model
+
+
+def saved_models(f, mnist, methods_given: bool, previous: dict, deltas):
+    """Yields the same tuples from run.py output directories with saved params, plus the
+    model's earlier rows (or None): models with rows for every delta in `previous` are not
+    loaded; models with neither rows nor a params file are skipped with a warning."""
     from hjax import data, params_io, plotting
     from hjax.models import irm_mlp
     from hjax.results import read_jsonl
@@ -137,19 +183,35 @@ def saved_models(f, mnist, methods_given: bool):
         path = os.path.join(d, "results.jsonl")
         if not os.path.isfile(path):
             continue
+        missing = []
         for rec in read_jsonl(path):
             if rec.get("status") != "ok" or not rec.get("params_file"):
                 continue
             if methods_given and rec["method"] not in f.methods:
                 continue
             found += 1
-            params = params_io.load_params(os.path.join(d, rec["params_file"]))
+            info = data.dataset_info(rec["dataset"])
+            key = (info.name, rec["method"], rec["restart"], rec["data_seed"])
+            old = {row["delta"]: row for row in previous.get(key, [])}
+            if all(delta in old for delta in deltas):
+                yield (rec["method"], rec["restart"], rec["data_seed"], None, None, None,
+                       info, [old[delta] for delta in deltas])
+                continue
+            params_path = os.path.join(d, rec["params_file"])
+            if not os.path.isfile(params_path):
+                missing.append(rec["restart"])
+                continue
+            params = params_io.load_params(params_path)
             info = data.dataset_info(rec["dataset"])
             options = {"split": rec["split"]} if rec.get("split") else {}
             envs = data.make_environments(rec["dataset"], seed=rec["data_seed"], mnist=mnist,
                                           **options)
             yield (rec["method"], rec["restart"], rec["data_seed"],
-                   irm_mlp(rec["hparams"]["hidden_dim"]), params, envs, info)
+                   irm_mlp(rec["hparams"]["hidden_dim"]), params, envs, info, None)
+        if missing:
+            print(f"warning: {d}: no params file and no earlier rows for restart(s) "
+                  f"{','.join(map(str, missing))} (params are not committed; rerun run.py "
+                  f"--save_params to measure them); skipped", file=sys.stderr, flush=True)
     if not found:
         raise UsageError(f"--input_dirs={','.join(f.input_dirs)!r}: no saved params found "
                          f"(run experiments/run.py with --save_params)")
@@ -169,20 +231,37 @@ def run(f, methods_given: bool = True) -> list[dict]:
     except data.MnistUnavailableError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
-    models = (saved_models(f, mnist, methods_given) if f.input_dirs
+    settings = measure_settings(f)
+    previous = previous_rows(out_dir, settings) if f.input_dirs and f.reuse else {}
+    models = (saved_models(f, mnist, methods_given, previous, deltas) if f.input_dirs
               else trained_models(f, mnist))
-    rows = []
-    for method, r, seed, model, params, envs, info in models:
-        key = jax.random.fold_in(jax.random.key(f.seed + 1), r)
-        for row in transferability.evaluate_model(
-                model, params, envs, info, deltas, key, num_restarts=f.ascent_restarts,
-                num_steps=f.ascent_steps, lr=f.ascent_lr):
-            rows.append({"method": method, "restart": r, "data_seed": seed,
-                         "dataset": info.name, **row})
-            print(f"  delta {row['delta']:g}: measure {row['measure']:.4g}, bound "
-                  f"{row['bound']:.4g}, bound+offset {row['corrected_bound']:.4g}, "
-                  f"worst-head test acc {row['worst_target_accuracy']:.4f}", flush=True)
-        write_jsonl(os.path.join(out_dir, "transferability.jsonl"), rows)
+    out_path = os.path.join(out_dir, "transferability.jsonl")
+    rows, done = [], set()
+    for method, r, seed, model, params, envs, info, old_rows in models:
+        if old_rows is not None:
+            print(f"{method} restart {r}: kept its {len(old_rows)} earlier rows", flush=True)
+            new_rows = old_rows
+        else:
+            key = jax.random.fold_in(jax.random.key(f.seed + 1), r)
+            new_rows = []
+            for row in transferability.evaluate_model(
+                    model, params, envs, info, deltas, key, num_restarts=f.ascent_restarts,
+                    num_steps=f.ascent_steps, lr=f.ascent_lr):
+                new_rows.append({"method": method, "restart": r, "data_seed": seed,
+                                 "dataset": info.name, **row, "settings": settings})
+                print(f"  delta {row['delta']:g}: measure {row['measure']:.4g}, bound "
+                      f"{row['bound']:.4g}, bound+offset {row['corrected_bound']:.4g}, "
+                      f"worst-head test acc {row['worst_target_accuracy']:.4f}", flush=True)
+        rows.extend(new_rows)
+        done.add((info.name, method, r, seed))
+        # Until the run ends, earlier rows not yet passed are kept too: their params may be
+        # gone, so an interrupted run must not drop them.
+        pending = [row for k, old in previous.items() if k not in done for row in old]
+        write_jsonl(out_path, rows + pending)
+    if not rows and f.input_dirs:
+        raise UsageError(f"--input_dirs={','.join(f.input_dirs)!r}: none of the saved models "
+                         f"has its params file or earlier rows in {out_path}")
+    write_jsonl(out_path, rows)
 
     table = plotting.transfer_table(rows)
     write_atomic(os.path.join(out_dir, "transferability.md"),

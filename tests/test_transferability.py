@@ -89,7 +89,36 @@ def test_run_saves_params_with_tracking_and_transferability_loads_them(tmp_path,
     proc = call(SCRIPT, *TINY, f"--input_dirs={tmp_path}/runs/*", f"--output_dir={out}",
                 env=cache_env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    first = check_outputs(out, ["erm"])
+    assert all(r["settings"]["ascent_steps"] == 5 for r in first)
+
+
+def test_measured_models_keep_their_rows_once_params_are_gone(tmp_path, cache_env):
+    """Params are not committed: a fresh clone's `make figures` must keep what was measured."""
+    run_dir = tmp_path / "runs" / "erm"
+    proc = call(RUN, "--fake_data", "--method=erm", "--restarts=1", "--steps=3",
+                "--hidden_dim=16", "--save_params", f"--output_dir={run_dir}", env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "transfer"
+    measure = [*TINY, f"--input_dirs={tmp_path}/runs/*", f"--output_dir={out}"]
+    proc = call(SCRIPT, *measure, env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = read_rows(out / "transferability.jsonl")
+
+    (run_dir / "params_restart0.msgpack").unlink()
+    proc = call(SCRIPT, *measure, env=cache_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "erm restart 0: kept its 2 earlier rows" in proc.stdout
+    assert read_rows(out / "transferability.jsonl") == first
     check_outputs(out, ["erm"])
+
+    # Other ascent settings do not reuse them; with no params left there is nothing to measure.
+    proc = call(SCRIPT, *measure, "--ascent_steps=6", env=cache_env)
+    assert proc.returncode == 2, proc.stderr
+    assert "no params file and no earlier rows for restart(s) 0 " in proc.stderr
+    assert "none of the saved models has its params file" in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert read_rows(out / "transferability.jsonl") == first
 
 
 @pytest.mark.parametrize("args,message", [
