@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from hjax.cli import UsageError, exit_usage  # noqa: E402
+from hjax.cli import UsageError, exit_usage, parse_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_dir", None, "directory holding one sub-directory per job")
@@ -74,10 +74,7 @@ def report(runs, latex: bool = False) -> str:
 
 
 def main(argv):
-    try:
-        FLAGS(argv)
-    except flags.Error as e:
-        exit_usage(str(e).splitlines()[0])
+    parse_flags(FLAGS, argv)
     try:
         if not FLAGS.input_dir or not os.path.isdir(FLAGS.input_dir):
             raise UsageError(f"--input_dir={FLAGS.input_dir!r} is not a directory")

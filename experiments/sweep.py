@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 
 from absl import flags  # noqa: E402
 
-from hjax.cli import UsageError, check_choice, exit_usage  # noqa: E402
+from hjax.cli import UsageError, check_choice, exit_usage, parse_flags  # noqa: E402
 from hjax.domainbed.launchers import LAUNCHERS  # noqa: E402
 
 COMMANDS = ("launch", "status", "delete_incomplete")
@@ -169,10 +169,7 @@ def print_status(jobs, root):
 
 
 def main(argv):
-    try:
-        rest = FLAGS(argv)
-    except flags.Error as e:
-        exit_usage(str(e).splitlines()[0])
+    rest = parse_flags(FLAGS, argv)
     try:
         if len(rest) != 2 or rest[1] not in COMMANDS:
             raise UsageError(f"give exactly one command: {' | '.join(COMMANDS)}")

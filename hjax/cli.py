@@ -38,20 +38,37 @@ def ensure_writable_dir(path: str, flag: str = "output_dir") -> str:
     return path
 
 
+def parse_flags(flag_values, argv) -> list[str]:
+    """Parse absl flags; returns the leftover argv. A parse error is one line and exit 2.
+
+    ``--help`` / ``-h`` prints the script's docstring and its own flags and exits 0
+    (``--helpfull`` adds absl's flags): parsing by hand loses absl.app's help handling.
+    """
+    from absl import flags
+
+    wants_help = [a for a in argv[1:] if a in ("--help", "-h", "--helpfull", "-?")]
+    if wants_help:
+        main = sys.modules.get("__main__")
+        doc = (getattr(main, "__doc__", None) or "").strip()
+        text = (flag_values.get_help() if "--helpfull" in wants_help
+                else flag_values.main_module_help())
+        print(f"{doc}\n\nflags:{text}" if doc else f"flags:{text}")
+        sys.exit(0)
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        exit_usage(str(e).splitlines()[0])
+
+
 def run_main(flag_values, argv, body, *, interrupted: str | None = None) -> None:
     """Parse absl flags and run ``body()``; user mistakes become one line and exit code 2.
 
     Flags are parsed by hand rather than by ``absl.app.run``, whose parse errors print usage
-    text and exit 1. Missing MNIST is one line and exit 1; Ctrl-C prints ``interrupted``
-    (what was kept) and exits 130.
+    text and exit 1 (see :func:`parse_flags`). Missing MNIST is one line and exit 1;
+    Ctrl-C prints ``interrupted`` (what was kept) and exits 130.
     """
-    from absl import flags
-
     from hjax.data.mnist import MnistUnavailableError
-    try:
-        flag_values(argv)
-    except flags.Error as e:
-        exit_usage(str(e).splitlines()[0])
+    parse_flags(flag_values, argv)
     try:
         body()
     except UsageError as e:

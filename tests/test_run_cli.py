@@ -54,6 +54,17 @@ def test_bad_flags_exit_2_with_one_clear_line(args, message):
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("script", ["run.py", "sweep.py", "transferability.py"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_docstring_and_flags_and_exits_0(script, flag, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), flag],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "python experiments/" in proc.stdout and "--output_dir" in proc.stdout
+    assert "--flagfile" not in proc.stdout  # absl's own flags only with --helpfull
+    assert not list(tmp_path.iterdir())  # help runs nothing
+
+
 def test_injected_nan_marks_the_restart_diverged_and_goes_on(tmp_path):
     proc = run("--fake_data", "--method=erm", "--restarts=2", "--steps=4",
                "--inject_nan_at=2", f"--output_dir={tmp_path}")
