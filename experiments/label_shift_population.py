@@ -15,9 +15,9 @@ representation:
   classifier is calibrated within each domain while still reading color.
 
 The script prints, for each setting, the gradient term and the Hessian terms of
-``hjax.hessian_penalty_terms`` (ColoredMNIST-script form: summed over domains), which
-classifier each term prefers, and what the terms cost after the penalty weight is switched
-on. The domains' digit mixes come from ``hjax.data.protocols.label_shift_indices`` on a
+``hjax.hessian_penalty_terms`` (ColoredMNIST-script form: summed over domains) of each
+classifier, its accuracies and its train NLL, and what a term costs once the penalty weight
+is switched on. The domains' digit mixes come from ``hjax.data.protocols.label_shift_indices`` on a
 digit array with MNIST's class balance.
 
     python experiments/label_shift_population.py
@@ -33,13 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hjax.data.protocols import LABEL_SHIFT_SPLITS, label_shift_indices
+from hjax.data.protocols import IRM_FLIPS, LABEL_NOISE, LABEL_SHIFT_SPLITS, label_shift_indices
 from hjax.penalty import hessian_penalty_terms
+from hjax.train import DEFAULT_HPARAMS
 
-LABEL_NOISE = 0.25
-TRAIN_FLIPS = (0.2, 0.1)
-TEST_FLIP = 0.9
-PENALTY_WEIGHT = 91257.18613115903
+TRAIN_FLIPS, TEST_FLIP = IRM_FLIPS[:2], IRM_FLIPS[2]
+PENALTY_WEIGHT = DEFAULT_HPARAMS["penalty_weight"]
 # Digits < 5 among MNIST's 60,000 training images: 30,596.
 LOW_FRACTION = 30596 / 60000
 SETTINGS = ("correlation",) + tuple(f"label_shift_{s}" for s in LABEL_SHIFT_SPLITS)
