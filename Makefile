@@ -12,7 +12,8 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -e .
+	@# setuptools warns on every editable install (BuildBackendWarning); the install is fine.
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 test: setup
@@ -20,10 +21,14 @@ test: setup
 
 # Fetches MNIST into the checksummed cache only when it is missing or corrupt.
 data: setup
-	$(PY) -m hjax.data.fetch
+	$(PY) -m hjax.cli.fetch_data
 
+# A first look in about 10 minutes on 2 CPU cores: one restart, stopped at step 250 (the
+# penalty switches on at 190). The full protocol, 10 restarts x 501 steps, is the command it
+# prints last (2-3 hours here, minutes on a GPU).
 run: data
-	$(PY) experiments/run.py --dataset=colored_mnist --method=hutchinson
+	$(PY) -m hjax.cli.colored_mnist --dataset=colored_mnist --method=hutchinson \
+	  --restarts=1 --steps=251 --log_every=50 --output_dir=runs/first-look --full_protocol_hint
 
 # The README's reproduction tables: every method, resuming whatever results/ already holds
 # (several CPU-hours per method on a 2-core machine; minutes on a GPU). The ColoredMNIST runs

@@ -25,8 +25,8 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import hjax  # noqa: E402
-from hjax import linear_head  # noqa: E402
-from hjax.results import write_atomic  # noqa: E402
+from hjax.core import linear_head  # noqa: E402
+from hjax.io.results import write_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("repeats", 5, "timed runs per entry (median reported)")

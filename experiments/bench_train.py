@@ -22,9 +22,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from hjax import data, parallel, train  # noqa: E402
+from hjax import data  # noqa: E402
+from hjax.protocols import sharding  # noqa: E402
+from hjax.protocols.irm_cmnist import train  # noqa: E402
 from hjax.models import irm_mlp  # noqa: E402
-from hjax.results import write_atomic  # noqa: E402
+from hjax.io.results import write_atomic  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["erm", "irm", "vrex", "fishr", "hgp", "hutchinson",
@@ -44,8 +46,8 @@ def compile_method(method, batch, mesh, curvature):
     hp = train.method_hparams(method, curvature=curvature)
     init, step_fn = train.make_train_step(model, method, hp)
     params = model.init(jax.random.key(0), jnp.zeros((1,) + batch.images.shape[2:]))
-    holder = {"state": parallel.replicate(mesh, init(params))}
-    key = parallel.replicate(mesh, jax.random.key(1))
+    holder = {"state": sharding.replicate(mesh, init(params))}
+    key = sharding.replicate(mesh, jax.random.key(1))
     t0 = time.perf_counter()
     compiled = jax.jit(step_fn, donate_argnums=0).lower(holder["state"], batch, key).compile()
     compile_s = time.perf_counter() - t0
@@ -76,8 +78,8 @@ def main(argv):
             sys.exit(2)
     mnist = data.fake_mnist() if FLAGS.fake_data else data.load_mnist()
     envs = data.make_environments("colored_mnist", seed=0, mnist=mnist)
-    mesh = parallel.make_mesh(FLAGS.num_devices)
-    batch = parallel.shard_examples(
+    mesh = sharding.make_mesh(FLAGS.num_devices)
+    batch = sharding.shard_examples(
         mesh, train.stack_domains([envs[0], envs[1]], mesh.devices.size))
     methods = ["erm"] + [m for m in FLAGS.methods if m != "erm"]
     compiled = {m: compile_method(m, batch, mesh, FLAGS.curvature) for m in methods}

@@ -6,7 +6,7 @@
 Trials differ in trial seed (data, splits, init, minibatches), as the trials of a sweep do.
 "Separate" is what a sweep without --vmap_trials does: one compiled program per job, run one
 after another, so its time per step of all T trials is T x the median single-job step time,
-and it compiles T programs. "One program" is ``hjax.domainbed.vmapped.make_group_step`` over the
+and it compiles T programs. "One program" is ``hjax.protocols.domainbed.vmapped.make_group_step`` over the
 T trials, with the trials side by side in every op (``vmap``, the GPU/TPU default) or as
 independent per-trial ops in the program (``unroll``, the CPU default): one compile, one
 dispatch per step for all. Median over --rounds x --steps timed steps after a warm-up step,
@@ -70,10 +70,10 @@ def main(argv):
     import jax.numpy as jnp
 
     from hjax.cli import UsageError, exit_usage
-    from hjax.domainbed import vmapped
-    from hjax.domainbed.run import (RunConfig, initial_state, load_job_data, make_model,
+    from hjax.protocols.domainbed import vmapped
+    from hjax.protocols.domainbed.run import (RunConfig, initial_state, load_job_data, make_model,
                                     resolve_hparams)
-    from hjax.domainbed.trainer import base_key, make_train_step
+    from hjax.protocols.domainbed.trainer import base_key, make_train_step
 
     try:
         sizes = sorted({int(t) for t in FLAGS.trials})
@@ -140,7 +140,7 @@ def main(argv):
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     if FLAGS.output:
-        from hjax.results import write_atomic
+        from hjax.io.results import write_atomic
         write_atomic(FLAGS.output, table)
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from hjax import linear_head
+from hjax.core import linear_head
 
 
 def make_problem(seed, num_domains, n=12, d=4, num_classes=3, loss="softmax"):

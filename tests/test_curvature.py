@@ -10,7 +10,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import hjax
-from hjax.curvature import exact_hessian_diag, hutchinson_from_hvp
+from hjax.core.curvature import exact_hessian_diag, hutchinson_from_hvp
 from heads import dense_curvature, domain, head_loss_fn, make_problem
 
 

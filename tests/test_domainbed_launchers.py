@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from hjax.domainbed import jobs as jobs_lib
-from hjax.domainbed import launchers, selection
+from hjax.protocols.domainbed import jobs as jobs_lib
+from hjax.protocols.domainbed import launchers, selection
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DS = "domainbed_colored_mnist"

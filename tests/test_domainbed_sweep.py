@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from hjax.domainbed import jobs as jobs_lib
-from hjax.domainbed import selection
+from hjax.protocols.domainbed import jobs as jobs_lib
+from hjax.protocols.domainbed import selection
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DS = "domainbed_colored_mnist"
@@ -161,8 +161,8 @@ def test_cpu_mini_preset_sets_the_sweep_and_explicit_flags_win(tmp_path):
 
 
 def test_penalties_that_never_act_are_named():
-    from hjax.domainbed.hparams import default_hparams
-    from hjax.domainbed.run import inactive_penalty_note
+    from hjax.protocols.domainbed.hparams import default_hparams
+    from hjax.protocols.domainbed.run import inactive_penalty_note
 
     def note(alg, steps=5001, envs=2, **hp):
         return inactive_penalty_note(alg, {**default_hparams(alg, DS), **hp}, steps, envs)

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from hjax.domainbed import jobs as jobs_lib
-from hjax.domainbed import vmapped
-from hjax.domainbed.run import RunConfig, resolve_hparams, run
+from hjax.protocols.domainbed import jobs as jobs_lib
+from hjax.protocols.domainbed import vmapped
+from hjax.protocols.domainbed.run import RunConfig, resolve_hparams, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DS = "domainbed_colored_mnist"

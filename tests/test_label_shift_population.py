@@ -1,7 +1,6 @@
-"""experiments/label_shift_population.py against closed forms: the exact population penalties
+"""hjax.analysis.label_shift_population against closed forms: the exact population penalties
 that the README's label-shift explanation rests on."""
 
-import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -9,11 +8,10 @@ import sys
 import numpy as np
 import pytest
 
+from hjax.analysis import label_shift_population as pop
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "label_shift_population.py"
-_spec = importlib.util.spec_from_file_location("label_shift_population", SCRIPT)
-pop = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pop)
 
 
 @pytest.fixture(scope="module")

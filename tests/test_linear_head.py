@@ -1,4 +1,4 @@
-"""Closed forms of SPEC section 3 against autodiff."""
+"""Closed forms of docs/protocols.md, "Closed forms for a linear head" against autodiff."""
 
 import chex
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from hjax import linear_head
+from hjax.core import linear_head
 from heads import dense_curvature, domain, head_loss_fn, make_problem
 
 

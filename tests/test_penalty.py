@@ -90,7 +90,7 @@ def test_hutchinson_generic_and_fast_paths_draw_the_same_probes():
 def _shared_probe_oracle(loss, head, batches, num_domains, key, num_probes, reduction):
     """Shared probes from dense Hessians: red_e ||Hutchinson(H_e - Hbar)||^2 with the same key."""
     from jax.flatten_util import ravel_pytree
-    from hjax.curvature import hutchinson_from_hvp
+    from hjax.core.curvature import hutchinson_from_hvp
     loss_fn = head_loss_fn(loss)
     hs = [dense_curvature(loss_fn, head, domain(batches, e))[1] for e in range(num_domains)]
     hbar = sum(hs) / num_domains
@@ -177,7 +177,7 @@ def test_unknown_probe_products_raises():
 
 
 def test_auto_probe_products_pick_the_cheaper_way():
-    from hjax.penalty import _dense_is_cheaper
+    from hjax.core.penalty import _dense_is_cheaper
     assert _dense_is_cheaper(25_000, 390, 1, 150, 2)      # ColoredMNIST's head: dense
     assert not _dense_is_cheaper(64, 128, 2, 300, 2)      # DomainBed minibatch: HVPs
     assert not _dense_is_cheaper(25_000, 390, 1, 1, 2)    # one probe: HVPs

@@ -1,4 +1,4 @@
-"""hjax.plotting and experiments/plot.py on small hand-made results files (no training)."""
+"""hjax.io.plotting and experiments/plot.py on small hand-made results files (no training)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hjax import plotting
+from hjax.io import plotting
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PLOT = [sys.executable, str(ROOT / "experiments" / "plot.py")]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import hjax
-from hjax import stacked_head
+from hjax.core import stacked_head
 from heads import head_loss_fn, make_problem
 
 
@@ -71,7 +71,7 @@ def test_stacked_terms_and_gradients_equal_the_generic_path(loss, num_classes, m
     np.testing.assert_array_equal(got_grads[1][-1, -3:], 0.0)
 
 
-# Hutchinson takes the per-domain closed forms (hjax.linear_head), both ways of forming the
+# Hutchinson takes the per-domain closed forms (hjax.core.linear_head), both ways of forming the
 # probe products.
 @pytest.mark.parametrize("method,kwargs", [
     ("hgp", {}), ("exact_diag", {}),

@@ -1,4 +1,4 @@
-"""Alignment tracking during training (hjax.alignment_tracking, run_restart(track_every=...))."""
+"""Alignment tracking during training (hjax.analysis.alignment_tracking, run_restart(track_every=...))."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from hjax import data, linear_head, parallel, train
-from hjax.alignment_tracking import TRACKED_KEYS, AlignmentTracker, difference_operators
+from hjax import data
+from hjax.core import linear_head
+from hjax.protocols import sharding
+from hjax.protocols.irm_cmnist import train
+from hjax.analysis.alignment_tracking import TRACKED_KEYS, AlignmentTracker, difference_operators
 from hjax.models import irm_mlp
 
 
@@ -34,7 +37,7 @@ def test_tracked_rows_every_n_steps_match_dense_hessians():
     envs = data.make_environments("colored_mnist", seed=0, mnist=data.fake_mnist())
     info = data.dataset_info("colored_mnist")
     model = irm_mlp(16)
-    mesh = parallel.make_mesh(1)
+    mesh = sharding.make_mesh(1)
     # Padded to a multiple of 7 (run_restart pads to the device count): zero-weight padding
     # must not change any distance.
     train_b = train.stack_domains([envs[i] for i in info.train_envs], 7)
@@ -93,7 +96,7 @@ def test_tracking_off_leaves_rows_unchanged():
     envs = data.make_environments("colored_mnist", seed=0, mnist=data.fake_mnist())
     info = data.dataset_info("colored_mnist")
     rec = train.run_restart(irm_mlp(16), envs, info, "erm", train.method_hparams("erm"),
-                            key=jax.random.key(0), steps=3, mesh=parallel.make_mesh(1),
+                            key=jax.random.key(0), steps=3, mesh=sharding.make_mesh(1),
                             log_every=2)
     assert [r["step"] for r in rec["history"]] == [0, 2]
     assert "track_every" not in rec

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from hjax import params_io
+from hjax.io import params_io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = [sys.executable, str(ROOT / "experiments" / "transferability.py")]

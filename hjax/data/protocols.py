@@ -1,4 +1,4 @@
-"""The four MNIST protocols of SPEC section 5, as pure functions of (mnist, seed).
+"""The four MNIST protocols of docs/protocols.md, as pure functions of (mnist, seed).
 
 Every protocol draws from one np.random.SeedSequence(seed): its first child shuffles,
 child i + 1 draws the label noise and colors of environment i. Same seed, same data;

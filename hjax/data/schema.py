@@ -18,7 +18,7 @@ NUM_TRAIN = 60_000
 NUM_TEST = 10_000
 
 # sha256 of `digest(real MNIST)`: the 60,000 + 10,000 images (uint8) and labels (int64)
-# in MNIST's original order. Derived from the checksummed pickle of SPEC section 7.
+# in MNIST's original order. Derived from the checksummed pickle of docs/protocols.md, "Offline data".
 MNIST_SHA256 = "ae3f165f0b05204490e419ad4bea1682a65cb91bc1cb6d501c11c2df7d6a7577"
 
 # Class counts of real MNIST, a human-readable second check.

@@ -1,4 +1,4 @@
-"""Pure numpy building blocks of the MNIST protocols (SPEC section 5)."""
+"""Pure numpy building blocks of the MNIST protocols (docs/protocols.md)."""
 
 from __future__ import annotations
 

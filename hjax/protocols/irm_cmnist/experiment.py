@@ -1,0 +1,213 @@
+"""The full-batch experiment driver behind ``python -m hjax.cli.colored_mnist``: a config in,
+results files out (``results.jsonl`` rewritten atomically after each restart, ``summary.md``),
+resuming the finished restarts of an interrupted run with the same settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Callable
+
+import jax
+
+from hjax import data
+from hjax.io import params_io
+from hjax.protocols import sharding
+from hjax.protocols.irm_cmnist import train
+from hjax.errors import ConfigError, check_choice, check_positive, ensure_writable_dir
+from hjax.models import irm_mlp
+from hjax.protocols.irm_cmnist.train import METHODS
+from hjax.io.results import read_jsonl, summary_table, write_atomic, write_jsonl
+
+_LOG = logging.getLogger("hjax")
+DATASETS = ("colored_mnist", "colored_mnist_label_shift")
+SPLITS = ("intended", "reference")
+CURVATURES = ("closed_form", "autodiff")
+HPARAM_FIELDS = ("lr", "l2_weight", "penalty_weight", "anneal_iters", "hidden_dim",
+                "num_probes", "alpha", "beta", "curvature")
+
+
+def data_seed(seed: int, restart: int) -> int:
+    """Data are re-drawn for every restart: restart r of base seed s uses s * 10000 + r."""
+    return seed * 10_000 + restart
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One run of the protocol; field names are the command line's flag names, and None
+    hyperparameters take the protocol's defaults (:data:`train.DEFAULT_HPARAMS`)."""
+    dataset: str = "colored_mnist"
+    method: str = "hutchinson"
+    restarts: int = 10
+    steps: int = 501
+    seed: int = 0
+    label_shift_split: str = "intended"
+    num_devices: int | None = None
+    output_dir: str | None = None
+    log_every: int = 100
+    track_alignment_every: int = 0
+    save_params: bool = False
+    fake_data: bool = False
+    inject_nan_at: int | None = None       # testing: make the loss NaN at this step
+    distributed: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    lr: float | None = None
+    l2_weight: float | None = None
+    penalty_weight: float | None = None
+    anneal_iters: int | None = None
+    hidden_dim: int | None = None
+    num_probes: int | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    curvature: str | None = None
+
+
+class Callbacks:
+    """Where a run reports: ``log`` (progress lines and tables), ``warn`` (notes), ``row``
+    (a logged history row), ``step(restart, step)`` and ``restart_done()``. By default log and
+    warn go to the ``hjax`` logger and rows to ``log``."""
+
+    def __init__(self, log: Callable[[str], None] = _LOG.info,
+                 warn: Callable[[str], None] = _LOG.warning,
+                 row: Callable[[dict], None] | None = None,
+                 step: Callable[[int, int], None] | None = None,
+                 restart_done: Callable[[], None] | None = None):
+        self.log, self.warn = log, warn
+        self.row = row or (lambda row: log(format_row(row)))
+        self.step = step or (lambda restart, step: None)
+        self.restart_done = restart_done or (lambda: None)
+
+
+def validate(config) -> None:
+    check_choice("dataset", config.dataset, DATASETS)
+    check_choice("method", config.method, METHODS)
+    check_positive("restarts", config.restarts)
+    check_positive("steps", config.steps)
+    check_positive("log_every", config.log_every)
+    track = getattr(config, "track_alignment_every", 0)
+    if track is None or track < 0:
+        raise ConfigError(f"--track_alignment_every={track} must be >= 0 (0 = off)")
+    if config.num_probes is not None:
+        check_positive("num_probes", config.num_probes)
+    if config.hidden_dim is not None:
+        check_positive("hidden_dim", config.hidden_dim)
+    check_choice("label_shift_split", config.label_shift_split, SPLITS)
+    if config.curvature is not None:
+        check_choice("curvature", config.curvature, CURVATURES)
+    if config.lr is not None and not config.lr > 0:
+        raise ConfigError(f"--lr={config.lr} must be > 0")
+    if config.num_devices is not None:
+        available = len(jax.devices())
+        if not 1 <= config.num_devices <= available:
+            raise ConfigError(f"--num_devices={config.num_devices} is not available; "
+                             f"choose 1..{available}")
+
+
+def prepare_output_dir(config) -> str:
+    out = config.output_dir or os.path.join("runs", f"{config.dataset}-{config.method}-{config.seed}")
+    return ensure_writable_dir(out)
+
+
+TABLE_HEADER = (f"{'step':>6} {'train nll':>10} {'train acc':>10} {'train penalty':>14} "
+                f"{'test acc':>10}{' gray acc':>10}")
+
+
+def format_row(row) -> str:
+    gray = "" if row["gray_test_acc"] is None else f"{row['gray_test_acc']:>10.4f}"
+    return (f"{row['step']:>6d} {row['train_nll']:>10.5f} {row['train_acc']:>10.4f} "
+            f"{row['penalty']:>14.6g} {row['test_acc']:>10.4f}{gray}")
+
+
+def resumable_records(path: str, config, hp: dict, split, warn=_LOG.warning) -> list[dict]:
+    """Finished restarts of an earlier, interrupted run with the same settings, in order.
+
+    A results.jsonl written with other settings (method, seed, steps, hparams, split) is
+    not mixed in: the run starts over and replaces it.
+    """
+    if not os.path.exists(path):
+        return []
+    try:
+        old = read_jsonl(path)
+    except (OSError, ValueError):
+        return []
+    kept = []
+    for i, rec in enumerate(old):
+        same = (rec.get("restart") == i and rec.get("dataset") == config.dataset
+                and rec.get("method") == config.method and rec.get("seed") == config.seed
+                and rec.get("steps") == config.steps and rec.get("hparams") == hp
+                and rec.get("split") == split)
+        if not same or i >= config.restarts:
+            break
+        kept.append(rec)
+    if len(kept) < len(old) and len(kept) < config.restarts:
+        warn(f"note: {path} holds restarts from other settings; starting over from "
+             f"restart {len(kept)}")
+    return kept
+
+
+def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None) -> list[dict]:
+    """Runs (or resumes) every restart; returns the records. Raises ConfigError for a bad
+    setting and MnistUnavailableError when real MNIST cannot be had."""
+    cb = callbacks or Callbacks()
+    validate(config)
+    out_dir = prepare_output_dir(config)
+    if config.distributed:
+        jax.distributed.initialize(config.coordinator_address, config.num_processes,
+                                   config.process_id)
+    hp = train.method_hparams(config.method, **{k: getattr(config, k) for k in HPARAM_FIELDS})
+    options = ({"split": config.label_shift_split}
+               if config.dataset == "colored_mnist_label_shift" else {})
+    info = data.dataset_info(config.dataset)
+    mnist = data.fake_mnist() if config.fake_data else data.load_mnist()
+    mesh = sharding.make_mesh(config.num_devices)
+    model = irm_mlp(hp["hidden_dim"])
+    writer = jax.process_index() == 0
+    cb.log(f"{config.dataset} / {config.method}: {config.restarts} restarts x {config.steps} steps "
+           f"on {mesh.devices.size} {jax.devices()[0].platform} device(s) -> {out_dir}")
+
+    records = resumable_records(os.path.join(out_dir, "results.jsonl"), config, hp,
+                                options.get("split"), cb.warn)
+    if records:
+        cb.log(f"resuming: restarts 0..{len(records) - 1} are already in results.jsonl")
+    for r in range(len(records), config.restarts):
+        envs = data.make_environments(config.dataset, seed=data_seed(config.seed, r),
+                                      mnist=mnist, **options)
+        cb.log(f"restart {r}\n{TABLE_HEADER}")
+        save = getattr(config, "save_params", False)
+        params_file = params_io.params_filename(r) if save else None
+
+        def on_end(params, params_file=params_file):
+            if writer:        # written before the record that names it
+                params_io.save_params(os.path.join(out_dir, params_file), params)
+
+        rec = train.run_restart(model, envs, info, config.method, hp,
+                                key=jax.random.fold_in(jax.random.key(config.seed), r),
+                                steps=config.steps, mesh=mesh, log_every=config.log_every,
+                                on_step=lambda t, r=r: cb.step(r, t), on_log=cb.row,
+                                fault_step=config.inject_nan_at,
+                                track_every=getattr(config, "track_alignment_every", 0),
+                                on_end=on_end if params_file else None)
+        if rec["status"] == "ok" and params_file:
+            rec["params_file"] = params_file
+        cb.restart_done()
+        if rec["status"] == "diverged":
+            cb.warn(f"restart {r} diverged: non-finite loss at step {rec['diverged_step']}; "
+                    f"going on with the next restart")
+        records.append({"dataset": config.dataset, "method": config.method, "restart": r,
+                        "seed": config.seed, "data_seed": data_seed(config.seed, r),
+                        "split": options.get("split"), "hparams": hp, **rec})
+        if writer:
+            write_jsonl(os.path.join(out_dir, "results.jsonl"), records)
+
+    split = f" ({options['split']} split)" if options else ""
+    table = summary_table({config.method: records})
+    summary = (f"# {config.dataset}{split} / {config.method}\n\n{table}\n"
+               f"Accuracies at step {config.steps - 1}, mean ± std over restarts "
+               f"(seed {config.seed}).\n")
+    if writer:
+        write_atomic(os.path.join(out_dir, "summary.md"), summary)
+    cb.log("\n" + table)
+    return records
