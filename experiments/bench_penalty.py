@@ -18,15 +18,16 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from absl import app, flags  # noqa: E402
+import jax
+import jax.numpy as jnp
+from absl import flags
 
-import hjax  # noqa: E402
-from hjax.core import linear_head  # noqa: E402
-from hjax.io.results import write_atomic  # noqa: E402
+from hjax.cli import parse_flags
+
+import hjax
+from hjax.core import linear_head
+from hjax.io.results import write_atomic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("repeats", 5, "timed runs per entry (median reported)")
@@ -114,7 +115,8 @@ def exact_autodiff_extrapolated(head, feats, labels, loss, chunk=1024):
     return med * num_params / chunk * feats.shape[0], compile_s
 
 
-def main(argv):
+def main(argv=None):
+    parse_flags(FLAGS, sys.argv if argv is None else argv)
     del argv
     import jax.flatten_util  # noqa: F401  (used in exact_autodiff_extrapolated)
     rows, compile_rows = {}, {}
@@ -172,4 +174,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

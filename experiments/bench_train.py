@@ -16,17 +16,18 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from absl import app, flags  # noqa: E402
+import jax
+import jax.numpy as jnp
+from absl import flags
 
-from hjax import data  # noqa: E402
-from hjax.protocols import sharding  # noqa: E402
-from hjax.protocols.irm_cmnist import train  # noqa: E402
-from hjax.models import irm_mlp  # noqa: E402
-from hjax.io.results import write_atomic  # noqa: E402
+from hjax.cli import parse_flags
+
+from hjax import data
+from hjax.protocols import sharding
+from hjax.protocols.irm_cmnist import train
+from hjax.models import irm_mlp
+from hjax.io.results import write_atomic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["erm", "irm", "vrex", "fishr", "hgp", "hutchinson",
@@ -69,7 +70,8 @@ def time_steps(one_step, steps):
     return times
 
 
-def main(argv):
+def main(argv=None):
+    parse_flags(FLAGS, sys.argv if argv is None else argv)
     del argv
     for name in ("steps", "rounds"):
         if getattr(FLAGS, name) < 1:
@@ -120,4 +122,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

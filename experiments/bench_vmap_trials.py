@@ -22,9 +22,10 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import flags
+
+from hjax.cli import parse_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "domainbed_colored_mnist", "domainbed_colored_mnist or rotated_mnist")
@@ -64,7 +65,8 @@ def _run_steps(entry, steps) -> list[float]:
     return times
 
 
-def main(argv):
+def main(argv=None):
+    parse_flags(FLAGS, sys.argv if argv is None else argv)
     del argv
     import jax
     import jax.numpy as jnp
@@ -145,4 +147,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

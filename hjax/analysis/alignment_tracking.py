@@ -77,7 +77,7 @@ def alignment_metrics(loss_fn: Callable, head: Any, train_batches: Sequence,
                       tol: float = 1e-4) -> dict[str, jax.Array]:
     """The tracked distances as arrays (jittable; ``loss_fn``, ``num_iters`` static).
 
-    Uses the machinery of ``hjax.core.diagnostics`` directly so that all domains are linearized
+    Uses ``hjax.core.diagnostics.combination_distances`` so that all domains are linearized
     once and every operator is power-iterated in one loop: the same computation as
     ``hessian_spectral_distance`` / ``hessian_frobenius_distance`` (exact) /
     ``gradient_distance`` on (train a, train b) and on (mean of train, mean of test), since
@@ -86,10 +86,9 @@ def alignment_metrics(loss_fn: Callable, head: Any, train_batches: Sequence,
     if len(train_batches) < 2 or len(test_batches) < 1:
         raise ValueError("alignment tracking needs >= 2 training domains and a test domain")
     coef = difference_operators(len(train_batches), len(test_batches))
-    lin = diagnostics._linearize(loss_fn, head, list(train_batches) + list(test_batches))
-    spec, res = diagnostics._power_iteration(lin, coef, key, num_iters, tol)
-    frob = jnp.sqrt(diagnostics._frobenius_sq(lin, coef, None, None, None))
-    grad = jnp.linalg.norm(jnp.asarray(coef, lin.grads.dtype) @ lin.grads, axis=1)
+    d = diagnostics.combination_distances(loss_fn, head, list(train_batches) + list(test_batches),
+                                          coef, key, num_iters=num_iters, tol=tol)
+    spec, res, frob, grad = d["spectral"], d["spectral_residual"], d["frobenius"], d["gradient"]
     # With more than two training domains, "train" is the worst pair.
     i = jnp.argmax(spec[:-1])
     return {

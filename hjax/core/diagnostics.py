@@ -210,6 +210,29 @@ def gradient_distance(loss_fn: LossFn, head_params: PyTree, batch_a: PyTree,
     return jnp.linalg.norm(grad(flat, batch_a) - grad(flat, batch_b))
 
 
+def combination_distances(loss_fn: LossFn, head_params: PyTree, domain_batches: Sequence[PyTree],
+                          coef: np.ndarray, key: jax.Array, *, num_iters: int = 100,
+                          tol: float = 1e-4, num_probes: int | None = None,
+                          probe_key: jax.Array | None = None,
+                          chunk_size: int | None = None) -> dict[str, jax.Array]:
+    """Norms of linear combinations of the domains' head Hessians and gradients.
+
+    Row m of ``coef`` [M, E] defines D_m = sum_e coef[m, e] H_e (and the same combination of
+    the gradients). Every domain is linearized once and all M operators are power-iterated
+    together. Returns [M] arrays: "spectral" ||D_m||_2 with its power-iteration residual
+    "spectral_residual" (start vectors from ``key``), "frobenius" ||D_m||_F (exact from P
+    HVPs, or Hutchinson with ``num_probes`` probes from ``probe_key``) and "gradient"
+    ||sum_e coef[m, e] g_e||; and "grads" [E, P].
+    """
+    _check_probes(probe_key, num_probes)
+    lin = _linearize(loss_fn, head_params, domain_batches)
+    spec, res = _power_iteration(lin, coef, key, num_iters, tol)
+    frob = jnp.sqrt(_frobenius_sq(lin, coef, probe_key, num_probes, chunk_size))
+    grad = jnp.linalg.norm(jnp.asarray(coef, lin.grads.dtype) @ lin.grads, axis=1)
+    return {"spectral": spec, "spectral_residual": res, "frobenius": frob, "gradient": grad,
+            "grads": lin.grads}
+
+
 def pairwise_alignment(loss_fn: LossFn, head_params: PyTree, domain_batches: Sequence[PyTree],
                        key: jax.Array, *, num_iters: int = 100, tol: float = 1e-4,
                        num_probes: int | None = None,
@@ -234,17 +257,16 @@ def pairwise_alignment(loss_fn: LossFn, head_params: PyTree, domain_batches: Seq
     num_domains = len(domain_batches)
     if num_domains < 2:
         raise ValueError("pairwise_alignment needs at least two domains")
-    _check_probes(key, num_probes)
-    lin = _linearize(loss_fn, head_params, domain_batches)
     pairs = [(a, b) for a in range(num_domains) for b in range(a + 1, num_domains)]
     eye = np.eye(num_domains, dtype=np.float32)
     rows = [eye[a] - eye[b] for a, b in pairs] + [eye[e] - 1.0 / num_domains
                                                   for e in range(num_domains)]
-    coef = np.stack(rows)
+    _check_probes(key, num_probes)
     k_spec, k_frob = jax.random.split(key)
-    spec, res = _power_iteration(lin, coef, k_spec, num_iters, tol)
-    frob = jnp.sqrt(_frobenius_sq(lin, coef, k_frob, num_probes, chunk_size))
-    grad = jnp.linalg.norm(jnp.asarray(coef, lin.grads.dtype) @ lin.grads, axis=1)
+    d = combination_distances(loss_fn, head_params, domain_batches, np.stack(rows), k_spec,
+                              num_iters=num_iters, tol=tol, num_probes=num_probes,
+                              probe_key=k_frob, chunk_size=chunk_size)
+    spec, res, frob, grad = d["spectral"], d["spectral_residual"], d["frobenius"], d["gradient"]
 
     n_pairs = len(pairs)
     ia = jnp.array([a for a, _ in pairs], dtype=jnp.int32)
@@ -262,7 +284,7 @@ def pairwise_alignment(loss_fn: LossFn, head_params: PyTree, domain_batches: Seq
         "frobenius": square(frob), "gradient": square(grad),
         "spectral_to_mean": spec[n_pairs:], "spectral_to_mean_residual": res[n_pairs:],
         "frobenius_to_mean": frob[n_pairs:], "gradient_to_mean": grad[n_pairs:],
-        "loss": losses, "grad_norm": jnp.linalg.norm(lin.grads, axis=1),
+        "loss": losses, "grad_norm": jnp.linalg.norm(d["grads"], axis=1),
     }
 
 

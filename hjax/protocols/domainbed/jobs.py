@@ -14,6 +14,7 @@ all its jobs are.
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import itertools
 import json
@@ -21,6 +22,8 @@ import os
 from typing import NamedTuple, Sequence
 
 from hjax.data import dataset_info
+
+_LOG = logging.getLogger("hjax")
 
 
 class Job(NamedTuple):
@@ -113,7 +116,7 @@ def status_counts(jobs: Sequence[Job], output_root: str) -> dict[str, int]:
     return counts
 
 
-def launch(jobs: Sequence[Job], output_root: str, runner, log=print) -> int:
+def launch(jobs: Sequence[Job], output_root: str, runner, log=_LOG.info) -> int:
     """Runs every job not done yet, in order, with ``runner(job, output_dir) -> exit code``.
 
     Returns the number of failed jobs; a failure does not stop the sweep.

@@ -19,6 +19,7 @@ waiting: 0, the jobs are only submitted).
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 import subprocess
@@ -28,6 +29,8 @@ from typing import Callable, Sequence
 
 from hjax.errors import ConfigError
 from hjax.protocols.domainbed import jobs as jobs_lib
+
+_LOG = logging.getLogger("hjax")
 
 LAUNCHERS = ("local", "local_parallel", "submitit", "submitit_local")
 # Jobs run the installed package's module, so a sweep works without the repository checkout.
@@ -68,11 +71,11 @@ def run_subprocess_logged(job: jobs_lib.Job, output_dir: str) -> int:
                               stderr=subprocess.STDOUT).returncode
 
 
-def launch_local(jobs, output_root: str, log: Log = print, runner=run_subprocess) -> int:
+def launch_local(jobs, output_root: str, log: Log = _LOG.info, runner=run_subprocess) -> int:
     return jobs_lib.launch(jobs, output_root, runner, log=log)
 
 
-def launch_local_parallel(jobs, output_root: str, max_workers: int = 2, log: Log = print,
+def launch_local_parallel(jobs, output_root: str, max_workers: int = 2, log: Log = _LOG.info,
                           runner=run_subprocess_logged) -> int:
     """Up to ``max_workers`` jobs at once; returns the number of failed jobs."""
     todo = pending(jobs, output_root)
@@ -127,7 +130,7 @@ def make_submitit_executor(folder: str, local: bool, *, partition: str | None = 
 
 
 def launch_submitit(jobs, output_root: str, *, local: bool = False, folder: str | None = None,
-                    max_workers: int | None = None, wait: bool = True, log: Log = print,
+                    max_workers: int | None = None, wait: bool = True, log: Log = _LOG.info,
                     **executor_kwargs) -> int:
     """Submits the jobs not done yet; with ``wait``, returns the number that failed.
 

@@ -9,6 +9,7 @@ results as an uninterrupted one (timings aside). ``done`` marks a finished job.
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
 import math
@@ -30,6 +31,8 @@ from hjax.models.mnist_cnn import mnist_cnn_model
 from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, init_state, make_evaluator,
                                     make_train_step, to_eval_split)
 from hjax.io.results import write_atomic, write_jsonl
+
+_LOG = logging.getLogger("hjax")
 
 DATASETS = ("domainbed_colored_mnist", "rotated_mnist")
 DONE_NAME = "done"
@@ -254,7 +257,7 @@ def report_divergence(config: RunConfig, step: int, name: str, log) -> None:
     mark_done(config, diverged_step=step)
 
 
-def run(config: RunConfig, log: Callable[[str], None] = print) -> list[dict]:
+def run(config: RunConfig, log: Callable[[str], None] = _LOG.info) -> list[dict]:
     """Trains (or resumes, or skips a finished job); returns the results records."""
     hp, finished = start_job(config, log)
     if finished is not None:

@@ -19,6 +19,7 @@ batched kernels sum in another order); tests check the tolerance.
 
 from __future__ import annotations
 
+import logging
 import json
 import os
 import time
@@ -37,6 +38,8 @@ from hjax.protocols.domainbed.run import (JobData, RunConfig, checkpoint_record,
                                 log_penalty_note, make_model,
                                 mark_done, report_divergence, save_checkpoint, start_job)
 from hjax.protocols.domainbed.trainer import EvalSplit, base_key
+
+_LOG = logging.getLogger("hjax")
 
 
 def is_static_hparam(name: str) -> bool:
@@ -195,7 +198,7 @@ def _hp_arrays(hps: Sequence[dict], names: Sequence[str]) -> dict:
     return out
 
 
-def run_group(configs: Sequence[RunConfig], log: Callable[[str], None] = print,
+def run_group(configs: Sequence[RunConfig], log: Callable[[str], None] = _LOG.info,
               batching: str = "auto") -> None:
     """Trains the given jobs (resuming or skipping each as ``train.py`` would), as one
     program per set of jobs that share a shape and a resume step."""
