@@ -5,7 +5,11 @@
 The IRM-protocol ColoredMNIST step (2 domains x 25,000 examples, MLP 392-390-390-1) exactly
 as experiments/run.py compiles it. Compile time is measured from ``lower().compile()`` and
 reported separately; the first timed step is a warm-up and is not counted. Each timed step
-of a method directly follows a timed ERM step and the ratio is taken per pair.
+of a method is paired with an adjacent timed ERM step and the ratio is taken per pair.
+
+``plain_erm`` is always timed too: an independent, minimal JAX/optax ERM step on the same
+data and model (:func:`plain_erm_step`), so that every run prints "hjax erm / plain erm",
+the overhead of hjax's protocol step over plain JAX on the same machine in the same run.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def compile_method(method, batch, mesh, curvature):
     """(run one step, compile seconds): the compiled step with its own state and key."""
     model = irm_mlp()
     hp = train.method_hparams(method, curvature=curvature)
-    init, step_fn = train.make_train_step(model, method, hp)
+    init, step_fn = train.make_train_step(model, method, hp,
+                                          merge_domains=mesh.devices.size == 1)
     params = model.init(jax.random.key(0), jnp.zeros((1,) + batch.images.shape[2:]))
     holder = {"state": sharding.replicate(mesh, init(params))}
     key = sharding.replicate(mesh, jax.random.key(1))
@@ -61,6 +66,63 @@ def compile_method(method, batch, mesh, curvature):
     return one_step, compile_s
 
 
+def plain_erm_step(envs, lr, l2_weight, hidden=(390, 390)):
+    """(run one step, compile seconds) of an independent, minimal JAX/optax ERM step.
+
+    The reference that hjax's ERM step is measured against: nothing from hjax but the data.
+    The same examples (every domain's, as one [sum_e n_e, 392] array), the IRM-protocol MLP
+    392-390-390-1 (Xavier-uniform kernels, zero biases), logistic loss averaged per domain
+    and then over domains, l2_weight * sum of squares of all params, full-batch Adam,
+    jit with the state donated. No padding, weights, sharding or metrics.
+    """
+    import numpy as np
+    import optax
+
+    sizes = [len(e.labels) for e in envs]
+    x = jnp.asarray(np.concatenate([e.images.reshape(len(e.labels), -1) for e in envs]),
+                    jnp.float32)
+    y = jnp.asarray(np.concatenate([e.labels for e in envs]), jnp.float32)
+    bounds = np.cumsum([0] + sizes)
+    dims = (x.shape[1],) + tuple(hidden) + (1,)
+    keys = jax.random.split(jax.random.key(0), len(dims) - 1)
+    params = [(jax.nn.initializers.xavier_uniform()(k, (a, b)), jnp.zeros((b,)))
+              for k, a, b in zip(keys, dims[:-1], dims[1:])]
+    optimizer = optax.adam(lr)
+
+    def loss_fn(params, x, y):
+        h = x
+        for i, (w, b) in enumerate(params):
+            h = h @ w + b
+            if i < len(params) - 1:
+                h = jax.nn.relu(h)
+        nll = optax.sigmoid_binary_cross_entropy(h[:, 0], y)
+        if len(set(sizes)) == 1:              # equal domains: one reshape, no slicing
+            risk = jnp.mean(jnp.mean(nll.reshape(len(sizes), -1), axis=1))
+        else:
+            risk = jnp.mean(jnp.stack([jnp.mean(nll[a:b])
+                                       for a, b in zip(bounds[:-1], bounds[1:])]))
+        l2 = sum(jnp.sum(p ** 2) for p in jax.tree_util.tree_leaves(params))
+        return risk + l2_weight * l2
+
+    def step(state, x, y):
+        params, opt_state = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    holder = {"state": (params, optimizer.init(params))}
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(holder["state"], x, y).compile()
+    compile_s = time.perf_counter() - t0
+
+    def one_step():
+        holder["state"], loss = compiled(holder["state"], x, y)
+        jax.block_until_ready(loss)
+
+    one_step()                                            # warm-up
+    return one_step, compile_s
+
+
 def time_steps(one_step, steps):
     times = []
     for _ in range(steps):
@@ -68,6 +130,16 @@ def time_steps(one_step, steps):
         one_step()
         times.append(time.perf_counter() - t0)
     return times
+
+
+PLAIN = "plain_erm"
+
+
+def _load():
+    try:
+        return "{:.2f} / {:.2f} / {:.2f} (1 / 5 / 15 min)".format(*os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def main(argv=None):
@@ -83,37 +155,53 @@ def main(argv=None):
     mesh = sharding.make_mesh(FLAGS.num_devices)
     batch = sharding.shard_examples(
         mesh, train.stack_domains([envs[0], envs[1]], mesh.devices.size))
-    methods = ["erm"] + [m for m in FLAGS.methods if m != "erm"]
-    compiled = {m: compile_method(m, batch, mesh, FLAGS.curvature) for m in methods}
-    # Every timed step of a method follows an ERM step, and the ratio is taken per pair:
-    # this machine's speed drifts by 10% over minutes (other tenants, frequency scaling),
-    # which biased ratios of separately taken medians by as much; adjacent steps share it.
+    methods = ["erm"] + [m for m in FLAGS.methods if m not in ("erm", PLAIN)] + [PLAIN]
+    compiled = {m: compile_method(m, batch, mesh, FLAGS.curvature) for m in methods[:-1]}
+    hp = train.method_hparams("erm")
+    compiled[PLAIN] = plain_erm_step([envs[0], envs[1]], hp["lr"], hp["l2_weight"])
+    # Every timed step of a method is paired with an ERM step, and the ratio is taken per
+    # pair: this machine's speed drifts by 10% over minutes (other tenants, frequency
+    # scaling), which biased ratios of separately taken medians by as much; adjacent steps
+    # share it. The order within a pair alternates, so that neither side always runs first.
     times = {m: [] for m in methods}
     ratios = {m: [] for m in methods[1:]}
     for r in range(FLAGS.rounds):
         for m in methods[1:]:
-            for _ in range(FLAGS.steps):
-                t_erm, t_m = time_steps(compiled["erm"][0], 1) + time_steps(compiled[m][0], 1)
+            for i in range(FLAGS.steps):
+                if i % 2 == 0:
+                    t_erm, t_m = time_steps(compiled["erm"][0], 1) + time_steps(compiled[m][0], 1)
+                else:
+                    t_m, t_erm = time_steps(compiled[m][0], 1) + time_steps(compiled["erm"][0], 1)
                 times["erm"].append(t_erm)
                 times[m].append(t_m)
                 ratios[m].append(t_m / t_erm)
         print(f"round {r + 1}/{FLAGS.rounds}: " + ", ".join(
             f"{m} {1e3 * statistics.median(times[m]):.0f} ms" for m in methods), flush=True)
+
+    def quartiles(xs):
+        q1, q2, q3 = statistics.quantiles(xs, n=4) if len(xs) > 1 else xs * 3
+        return statistics.median(xs), q1, q3
+
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
                f"{mesh.devices.size} {jax.devices()[0].platform} device(s)")
+    vs_plain = quartiles([1.0 / x for x in ratios[PLAIN]])
     lines = [f"{FLAGS.rounds} rounds x {FLAGS.steps} steps per method, each step paired with "
-             f"an ERM step just before it; {FLAGS.curvature} head curvature, on {machine}. "
-             "Relative: median of the paired ratios (their quartiles in brackets).",
-             "", "| method | step time (median) | relative to ERM | compile time |",
+             f"an ERM step (alternately just before and just after it); {FLAGS.curvature} "
+             f"head curvature, on {machine}; load average {_load()}. "
+             "Relative: median of the paired ratios (their quartiles in brackets). "
+             f"`{PLAIN}` is an independent minimal JAX/optax ERM step on the same data "
+             "(experiments/bench_train.py, plain_erm_step).", "",
+             f"**hjax erm / plain erm: {vs_plain[0]:.3f}x [{vs_plain[1]:.3f}, "
+             f"{vs_plain[2]:.3f}]** (goal <= 1.05x)", "",
+             "| method | step time (median) | relative to hjax ERM | compile time |",
              "|---|---|---|---|"]
     for m in methods:
         t, c = statistics.median(times[m]), compiled[m][1]
         if m == "erm":
             rel = "1.00x"
         else:
-            q1, _, q3 = statistics.quantiles(ratios[m], n=4) if len(ratios[m]) > 1 else (
-                ratios[m] * 3)
-            rel = f"{statistics.median(ratios[m]):.2f}x [{q1:.2f}, {q3:.2f}]"
+            med, q1, q3 = quartiles(ratios[m])
+            rel = f"{med:.2f}x [{q1:.2f}, {q3:.2f}]"
         lines.append(f"| {m} | {1e3 * t:.0f} ms | {rel} | {c:.1f} s |")
     table = "\n".join(lines) + "\n"
     print("\n" + table)

@@ -89,11 +89,37 @@ def penalty_weight(step, hp):
     return jnp.where(step >= hp["anneal_iters"], hp["penalty_weight"], 1.0)
 
 
-def make_loss_fn(model: Model, method: str, hp: dict) -> Callable:
+def domain_features(model: Model, params, images, merge_domains: bool = False):
+    """The featurizer on every domain's examples, [E, n, ...] -> [E, n, d].
+
+    ``merge_domains=True`` runs it on one [E * n, ...] batch and splits the result again:
+    the same values, but the backward pass then contracts the weight gradients over one
+    example axis instead of two, which saves XLA's CPU backend a transposed copy of every
+    hidden layer's cotangent (about 7% of ColoredMNIST's ERM step on 2 cores). Only for an
+    example axis that is not sharded over several devices: merging it with the domain
+    axis would make XLA regather the examples.
+    """
+    if not merge_domains:
+        return model.features(params, images)
+    e, n = images.shape[:2]
+    z = model.features(params, images.reshape((e * n,) + images.shape[2:]))
+    return z.reshape((e, n) + z.shape[1:])
+
+
+def _resolve_merge(merge_domains):
+    # Default: merge when this process sees a single device (no data-parallel sharding).
+    return jax.device_count() == 1 if merge_domains is None else bool(merge_domains)
+
+
+def make_loss_fn(model: Model, method: str, hp: dict, *,
+                 merge_domains: bool | None = None) -> Callable:
+    """``merge_domains``: see :func:`domain_features`; None merges when only one device is
+    visible. Pass False when the batch's example axis is sharded over several devices."""
     objective = get_objective(method)
+    merge = _resolve_merge(merge_domains)
 
     def loss_fn(params, batch: DomainBatch, key, step):
-        features = model.features(params, batch.images)                # [E, n, d]
+        features = domain_features(model, params, batch.images, merge)  # [E, n, d]
         logits = model.head(params["classifier"], features)            # [E, n, C]
         nll_e = domain_losses(logits, batch.labels, batch.weights)
         out = objective.penalty_fn(
@@ -114,9 +140,12 @@ def make_loss_fn(model: Model, method: str, hp: dict) -> Callable:
     return loss_fn
 
 
-def make_train_step(model: Model, method: str, hp: dict):
-    """(state, batch, key) -> (state, metrics); jit it (the whole loss is one function)."""
-    loss_fn = make_loss_fn(model, method, hp)
+def make_train_step(model: Model, method: str, hp: dict, *,
+                    merge_domains: bool | None = None):
+    """(state, batch, key) -> (state, metrics); jit it (the whole loss is one function).
+
+    ``merge_domains``: as in :func:`make_loss_fn` (pass ``mesh.devices.size == 1``)."""
+    loss_fn = make_loss_fn(model, method, hp, merge_domains=merge_domains)
     optimizer = optax.adam(hp["lr"])
 
     def init(params):
@@ -172,7 +201,7 @@ def run_restart(model: Model, envs, info, method: str, hp: dict, *, key, steps: 
 
     init_key, step_key = jax.random.split(key)
     params = model.init(init_key, jnp.asarray(envs[0].images[:1]))
-    init, step_fn = make_train_step(model, method, hp)
+    init, step_fn = make_train_step(model, method, hp, merge_domains=n_dev == 1)
     state = sharding.replicate(mesh, init(params))
     step_key = sharding.replicate(mesh, step_key)
 
