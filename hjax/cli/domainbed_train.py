@@ -12,7 +12,6 @@ resumes from the last checkpoint; re-running a finished job does nothing.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 
@@ -22,14 +21,17 @@ from hjax.cli import UsageError, run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "domainbed_colored_mnist",
-                    "domainbed_colored_mnist or rotated_mnist")
+                    "domainbed_colored_mnist, rotated_mnist, or an image dataset: pacs, vlcs, "
+                    "office_home, terra_incognita, domain_net, pacs_mini")
 flags.DEFINE_string("algorithm", "erm", "erm, irm, vrex, coral, fishr, iga, fish, sd, groupdro, "
                     "hgp, hutchinson, exact_diag")
 flags.DEFINE_list("test_envs", ["0"], "comma-separated test environment indices")
 flags.DEFINE_integer("hparams_seed", 0, "0 = default hparams; otherwise a random draw")
 flags.DEFINE_integer("trial_seed", 0, "seeds the data, the in/out splits, init and minibatches")
 flags.DEFINE_integer("steps", 5001, "training steps")
-flags.DEFINE_integer("checkpoint_freq", 100, "steps between evaluations / checkpoints")
+flags.DEFINE_integer("checkpoint_freq", None, "steps between evaluations / checkpoints "
+                     "(default: DomainBed's per dataset: 100 for MNIST, 300 for the image "
+                     "datasets, 1000 for DomainNet)")
 flags.DEFINE_string("output_dir", None, "where results.jsonl, the checkpoint and done go")
 flags.DEFINE_integer("batch_size", None, "override: examples per training env per step")
 flags.DEFINE_float("lr", None, "override: Adam learning rate")
@@ -38,8 +40,27 @@ flags.DEFINE_float("holdout_fraction", 0.2, "fraction of each env held out as 'o
 flags.DEFINE_float("width_multiplier", 1.0, "MNIST_CNN widths x this (tests use small ones)")
 flags.DEFINE_bool("fake_data", False, "small synthetic MNIST instead of the real one (tests)")
 flags.DEFINE_integer("stop_after_step", None, "testing: stop after this step, as if killed")
+flags.DEFINE_string("data_dir", None, "image datasets: the folder holding <DatasetDir>/<domain>/"
+                    "<class>/<image> (default $HJAX_DATA_DIR, else ~/.cache/hjax)")
+flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet50"], "image datasets: the ResNet")
+flags.DEFINE_integer("image_size", 224, "image datasets: input resolution (DomainBed: 224)")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                  "image datasets: compute dtype (bfloat16 for accelerators; params stay float32)")
+flags.DEFINE_string("pretrained", None, "image datasets: torchvision ResNet weights to start from "
+                    "(.npz or .safetensors; .pth where torch is installed; see "
+                    "python -m hjax.cli.convert_weights). Default: random init (DomainBed uses "
+                    "ImageNet weights)")
+flags.DEFINE_integer("workers", 2, "image datasets: input-pipeline worker processes (0 = none)")
 flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vmap_trials: "
                     "train those jobs as one vmapped program (other flags are ignored)")
+
+
+def _checkpoint_freq(f) -> int:
+    if f.checkpoint_freq is not None:
+        return f.checkpoint_freq
+    from hjax.data.image_datasets import IMAGE_DATASETS
+    info = IMAGE_DATASETS.get(f.dataset)
+    return info.checkpoint_freq if info is not None else 100
 
 
 def config_from_flags(f):
@@ -64,10 +85,12 @@ def config_from_flags(f):
         raise UsageError("--output_dir is required")
     return RunConfig(dataset=f.dataset, algorithm=f.algorithm, test_envs=test_envs,
                      output_dir=f.output_dir, hparams_seed=f.hparams_seed,
-                     trial_seed=f.trial_seed, steps=f.steps, checkpoint_freq=f.checkpoint_freq,
+                     trial_seed=f.trial_seed, steps=f.steps, checkpoint_freq=_checkpoint_freq(f),
                      hparams_overrides=overrides, holdout_fraction=f.holdout_fraction,
                      width_multiplier=f.width_multiplier, fake_data=f.fake_data,
-                     stop_after_step=f.stop_after_step)
+                     stop_after_step=f.stop_after_step, data_dir=f.data_dir, arch=f.arch,
+                     image_size=f.image_size, dtype=f.dtype, pretrained=f.pretrained,
+                     workers=f.workers)
 
 
 def main(argv=None):

@@ -55,6 +55,14 @@ PRESETS = {
                  "algorithms": ["erm", "hgp", "hutchinson"], "n_hparams": 2, "n_trials": 1,
                  "single_test_envs": True, "steps": 301, "checkpoint_freq": 300,
                  "width_multiplier": 0.25, "batch_size": 64, "vmap_trials": True},
+    # A smoke test of the image path on the 40 real PACS images that `make pacs-mini` runs
+    # (not a result): ERM, HGP and Hutchinson, every test env and pair (so that all three
+    # selection methods have runs), default hparams, ResNet-18 at 64 px from random weights,
+    # 5 steps.
+    "pacs_mini": {"datasets": ["pacs_mini"], "algorithms": ["erm", "hgp", "hutchinson"],
+                  "n_hparams": 1, "n_trials": 1, "with_pairs": True, "steps": 5,
+                  "checkpoint_freq": 4, "arch": "resnet18", "image_size": 64,
+                  "batch_size": 8, "workers": 0, "launcher": "local_parallel"},
 }
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", None, "sweep directory (one sub-directory per job)")
@@ -86,6 +94,13 @@ flags.DEFINE_integer("checkpoint_freq", None, "train.py --checkpoint_freq")
 flags.DEFINE_float("width_multiplier", None, "train.py --width_multiplier")
 flags.DEFINE_integer("batch_size", None, "train.py --batch_size")
 flags.DEFINE_bool("fake_data", False, "train.py --fake_data (tests)")
+flags.DEFINE_string("data_dir", None, "train.py --data_dir (image datasets; $HJAX_DATA_DIR "
+                    "keeps it out of the job names)")
+flags.DEFINE_string("arch", None, "train.py --arch (image datasets: resnet18 | resnet50)")
+flags.DEFINE_integer("image_size", None, "train.py --image_size (image datasets)")
+flags.DEFINE_string("dtype", None, "train.py --dtype (float32 | bfloat16)")
+flags.DEFINE_string("pretrained", None, "train.py --pretrained (torchvision ResNet weights)")
+flags.DEFINE_integer("workers", None, "train.py --workers (input-pipeline processes per job)")
 flags.DEFINE_bool("vmap_trials", False, "run the jobs that share shapes (dataset, algorithm, "
                   "test envs, batch size, steps; any seeds and other hparams) as one vmapped "
                   "program each: one train.py --vmap_jobs process per group")
@@ -116,12 +131,18 @@ def build_jobs(f):
         if a not in ALGORITHMS:
             raise UsageError(f"--algorithms: {a!r} is not valid; choose from: "
                              f"{', '.join(ALGORITHMS)}")
+    from hjax.data.image_datasets import IMAGE_DATASET_NAMES
+    if f.vmap_trials and set(f.datasets) & set(IMAGE_DATASET_NAMES):
+        raise UsageError("--vmap_trials is for the MNIST datasets; image datasets run one job "
+                         "per process (their batches come from the host input pipeline)")
     if f.single_test_envs and f.with_pairs:
         raise UsageError("--single_test_envs and --with_pairs exclude each other")
     if f.n_trials < 1 or not 0 <= f.n_hparams_from < f.n_hparams:
         raise UsageError("need --n_trials >= 1 and 0 <= --n_hparams_from < --n_hparams")
     extra = {k: getattr(f, k) for k in ("steps", "checkpoint_freq", "width_multiplier",
-                                         "batch_size") if getattr(f, k) is not None}
+                                         "batch_size", "data_dir", "arch", "image_size",
+                                         "dtype", "pretrained", "workers")
+             if getattr(f, k) is not None}
     if f.fake_data:
         extra["fake_data"] = "true"
     return make_jobs(f.datasets, f.algorithms, f.n_hparams, f.n_trials, f.n_hparams_from,

@@ -63,10 +63,19 @@ _BUILDERS: Mapping[str, Callable[..., list[Environment]]] = {
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """The DatasetInfo of `name`; ValueError listing the valid names otherwise."""
-    if name not in DATASET_INFO:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
-    return DATASET_INFO[name]
+    """The DatasetInfo of `name` (an MNIST dataset of DATASET_INFO, or an image dataset of
+    hjax.data.image_datasets, read from files rather than built by make_environments);
+    ValueError listing the valid names otherwise."""
+    if name in DATASET_INFO:
+        return DATASET_INFO[name]
+    from hjax.data.image_datasets import IMAGE_DATASETS
+    if name in IMAGE_DATASETS:
+        image = IMAGE_DATASETS[name]
+        every = tuple(range(len(image.domains)))
+        return DatasetInfo(name, image.env_names, every, every, (), True, image.num_classes,
+                           (224, 224, 3), _NO_OPTIONS)
+    raise ValueError(f"unknown dataset {name!r}; valid: "
+                     f"{', '.join(DATASETS + tuple(IMAGE_DATASETS))}")
 
 
 def resolve_options(name: str, options: Mapping[str, str]) -> dict[str, str]:

@@ -84,10 +84,17 @@ def make_optimizer(hp) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(hp["weight_decay"]), optax.adam(hp["lr"]))
 
 
-def forward(model, params, images):
+def uses_dropout(model) -> bool:
+    """Whether the model's featurizer has dropout (a ResNet with ``resnet_dropout`` > 0)."""
+    return getattr(getattr(model, "featurizer", None), "dropout", 0.0) > 0
+
+
+def forward(model, params, images, dropout_key=None):
     """Features [E, B, d] and logits [E, B, C] of every domain's batch (one pass)."""
     e, b = images.shape[:2]
-    z = model.features(params, images.reshape((e * b,) + images.shape[2:]))
+    flat = images.reshape((e * b,) + images.shape[2:])
+    z = (model.features(params, flat) if dropout_key is None
+         else model.features(params, flat, dropout_key=dropout_key))
     logits = model.head(params["classifier"], z)
     return z.reshape(e, b, -1), logits.reshape(e, b, -1)
 
@@ -114,8 +121,13 @@ def make_objective(name: str, model, hp) -> Callable:
     weight_fn = PENALTY_WEIGHTS.get(name, _one)
     own_hp = objective_hparams(name, hp)
 
+    dropout = uses_dropout(model)
+
     def loss_fn(params, state, batch: Batch, key, step):
-        z, logits = forward(model, params, batch.images)
+        dropout_key = None
+        if dropout:          # only then: the other models keep their keys (and numbers)
+            key, dropout_key = jax.random.split(key)
+        z, logits = forward(model, params, batch.images, dropout_key)
         nll = jnp.mean(domain_losses(logits, batch.labels))
         grads_fn = (_model_domain_grads(model, params, batch) if objective.scope == "model"
                     else None)

@@ -27,14 +27,24 @@ from hjax.protocols.domainbed.hparams import ALGORITHMS
 from hjax.protocols.domainbed.data import (HOLDOUT_FRACTION, TrainArrays, split_environments,
                                   stack_train)
 from hjax.protocols.domainbed.hparams import make_hparams, seed_hash
-from hjax.models.mnist_cnn import mnist_cnn_model
-from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, init_state, make_evaluator,
-                                    make_train_step, to_eval_split)
+from hjax.data.image_datasets import (IMAGE_DATASET_NAMES, IMAGE_DATASETS, load_image_dataset,
+                                      split_in_out)
+from hjax.models import mnist_cnn_model, resnet_model
+from hjax.models.torchvision_weights import pretrained_resnet_model
+from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, init_state,
+                                              make_batch_evaluator, make_evaluator,
+                                              make_host_batch_step, make_train_step,
+                                              to_eval_split)
 from hjax.io.results import write_atomic, write_jsonl
 
 _LOG = logging.getLogger("hjax")
 
-DATASETS = ("domainbed_colored_mnist", "rotated_mnist")
+MNIST_DATASETS = ("domainbed_colored_mnist", "rotated_mnist")
+DATASETS = MNIST_DATASETS + IMAGE_DATASET_NAMES
+ARCHS = ("resnet18", "resnet50")
+DTYPES = ("float32", "bfloat16")
+# Settings of the image datasets only (absent from an MNIST job's identity and records).
+_IMAGE_FIELDS = ("arch", "image_size", "dtype", "pretrained")
 DONE_NAME = "done"
 RESULTS_NAME = "results.jsonl"
 
@@ -55,12 +65,29 @@ class RunConfig:
     fake_data: bool = False
     eval_chunk: int = 1024
     stop_after_step: int | None = None     # testing: stop (as if killed) after this step
+    # Image datasets (hjax.data.image_datasets): where the data are ($HJAX_DATA_DIR or
+    # ~/.cache/hjax when None), the ResNet, the input size, the compute dtype, torchvision
+    # weights to start from (.pth/.safetensors/.npz; None = random init) and the number of
+    # input-pipeline worker processes (0 = in this process).
+    data_dir: str | None = None
+    arch: str = "resnet50"
+    image_size: int = 224
+    dtype: str = "float32"
+    pretrained: str | None = None
+    workers: int = 2
+
+    @property
+    def is_image_dataset(self) -> bool:
+        return self.dataset in IMAGE_DATASET_NAMES
 
     def identity(self) -> dict:
         """What must match for a checkpoint to be resumed."""
         d = dataclasses.asdict(self)
-        for key in ("output_dir", "stop_after_step", "eval_chunk"):
+        for key in ("output_dir", "stop_after_step", "eval_chunk", "data_dir", "workers"):
             d.pop(key)
+        if not self.is_image_dataset:
+            for key in _IMAGE_FIELDS:
+                d.pop(key)
         d["test_envs"] = list(self.test_envs)
         return d
 
@@ -88,6 +115,20 @@ def validate(config: RunConfig, num_envs: int) -> None:
         raise ConfigError(f"--holdout_fraction={config.holdout_fraction} must be in (0, 1)")
     if not config.width_multiplier > 0:
         raise ConfigError(f"--width_multiplier={config.width_multiplier} must be > 0")
+    if config.is_image_dataset:
+        if config.arch not in ARCHS:
+            raise ConfigError(f"--arch={config.arch!r} is not valid; choose one of: "
+                              f"{', '.join(ARCHS)}")
+        if config.dtype not in DTYPES:
+            raise ConfigError(f"--dtype={config.dtype!r} is not valid; choose one of: "
+                              f"{', '.join(DTYPES)}")
+        if config.image_size < 32:
+            raise ConfigError(f"--image_size={config.image_size} must be >= 32")
+        if config.workers < 0:
+            raise ConfigError(f"--workers={config.workers} must be >= 0")
+        if config.fake_data:
+            raise ConfigError("--fake_data is for the MNIST datasets; image datasets read "
+                              "--data_dir")
 
 
 def resolve_hparams(config: RunConfig) -> dict:
@@ -160,7 +201,54 @@ class JobData(NamedTuple):
     steps_per_epoch: float
 
 
-def load_job_data(config: RunConfig, batch_size: int) -> JobData:
+class ImageJobData(NamedTuple):
+    """What one image-dataset job trains and evaluates on: file lists, decoded by the input
+    pipeline (hjax.data.image_pipeline) as the job runs."""
+    num_envs: int
+    train_idx: list[int]
+    train_domains: list[tuple[np.ndarray, np.ndarray]]     # in splits of the training envs
+    eval_ins: list[tuple[np.ndarray, np.ndarray]]          # (paths, labels) of every env
+    eval_outs: list[tuple[np.ndarray, np.ndarray]]
+    steps_per_epoch: float
+    example_images: np.ndarray                             # [2, S, S, 3] zeros, for init
+
+
+def load_image_job_data(config: RunConfig, batch_size: int,
+                        log: Callable[[str], None] = _LOG.warning) -> ImageJobData:
+    # Missing domain folders are an error; a total other than the published one is only
+    # reported, so that subsets and generated trees (tests, smoke runs) still train.
+    dataset = load_image_dataset(config.dataset, config.data_dir, check_counts=False)
+    expected = IMAGE_DATASETS[config.dataset].expected_totals
+    if len(dataset) not in expected:
+        log(f"note: {config.dataset}: {len(dataset):,} images found "
+            f"({', '.join(f'{d.name} {len(d.labels):,}' for d in dataset.domains)}), not the "
+            f"published {' or '.join(f'{n:,}' for n in expected)}: results are not comparable "
+            "with published numbers")
+    ins, outs = [], []
+    for i, (paths, labels) in enumerate(dataset.environments()):
+        # The MNIST path's rule: a permutation seeded by (trial_seed, env index).
+        in_idx, out_idx = split_in_out(len(labels), config.holdout_fraction,
+                                       (config.trial_seed, i))
+        ins.append((paths[in_idx], labels[in_idx]))
+        outs.append((paths[out_idx], labels[out_idx]))
+    train_idx = [i for i in range(len(ins)) if i not in config.test_envs]
+    size = config.image_size
+    return ImageJobData(len(ins), train_idx, [ins[i] for i in train_idx], ins, outs,
+                        min(len(ins[i][1]) for i in train_idx) / batch_size,
+                        np.zeros((2, size, size, 3), np.float32))
+
+
+def example_images(data) -> np.ndarray:
+    """Two images of the job's input shape, for model init."""
+    if isinstance(data, ImageJobData):
+        return data.example_images
+    return data.train.images[0, :2]
+
+
+def load_job_data(config: RunConfig, batch_size: int,
+                  log: Callable[[str], None] = _LOG.warning) -> JobData:
+    if config.is_image_dataset:
+        return load_image_job_data(config, batch_size, log)
     envs = load_environments(config)
     ins, outs = split_environments(envs, config.trial_seed, config.holdout_fraction)
     train_idx = [i for i in range(len(envs)) if i not in config.test_envs]
@@ -186,15 +274,23 @@ def start_job(config: RunConfig, log: Callable[[str], None]):
     return hp, None
 
 
-def make_model(config: RunConfig):
+def make_model(config: RunConfig, hp: dict | None = None):
     from hjax.data import dataset_info
-    return mnist_cnn_model(dataset_info(config.dataset).num_classes, config.width_multiplier)
+    num_classes = dataset_info(config.dataset).num_classes
+    if not config.is_image_dataset:
+        return mnist_cnn_model(num_classes, config.width_multiplier)
+    dropout = float((hp or {}).get("resnet_dropout", 0.0))
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    if config.pretrained:
+        return pretrained_resnet_model(config.pretrained, config.arch, num_classes,
+                                       dropout=dropout, dtype=dtype)
+    return resnet_model(config.arch, num_classes, dropout=dropout, dtype=dtype)
 
 
 def initial_state(config: RunConfig, hp: dict, model, data: JobData, log):
     """(state, records): fresh, or restored from the job's checkpoint (identity checked)."""
     init_key = jax.random.key(seed_hash("domainbed-init", config.trial_seed))
-    state = init_state(config.algorithm, model, hp, data.train.images[0, :2],
+    state = init_state(config.algorithm, model, hp, example_images(data),
                        len(data.train_idx), init_key)
     restored = checkpoint.load(config.output_dir, state)
     if restored is None:
@@ -257,20 +353,70 @@ def report_divergence(config: RunConfig, step: int, name: str, log) -> None:
     mark_done(config, diverged_step=step)
 
 
+def _image_steps(config: RunConfig, hp: dict, model, data: ImageJobData, start: int):
+    """(next_step() -> (state -> (state, logs)), evaluate(params, kind, env) -> accuracy,
+    close()) for an image job: batches from the host pipeline, deterministic per step."""
+    from hjax.data import image_pipeline
+    batch_size = int(hp["batch_size"])
+    batches = image_pipeline.train_batches(
+        data.train_domains, batch_size, config.image_size,
+        seed=seed_hash("domainbed-images", config.trial_seed), start_step=start,
+        augment=True, workers=config.workers)
+    step_fn = make_host_batch_step(config.algorithm, model, hp, base_key(config.trial_seed))
+    evaluate_batches = make_batch_evaluator(model)
+    splits = {"in": data.eval_ins, "out": data.eval_outs}
+
+    def step(state):
+        images, labels = next(batches)
+        return step_fn(state, images, labels)
+
+    # One evaluation batch size for every split (one compiled program), no larger than the
+    # largest split needs.
+    largest = max(len(labels) for _, labels in data.eval_ins + data.eval_outs)
+    eval_batch = min(config.eval_chunk, 128, -(-largest // 8) * 8)
+
+    def evaluate(params, kind, i):
+        paths, labels = splits[kind][i]
+        with image_pipeline.eval_batches(paths, labels, config.image_size,
+                                         eval_batch) as eval_iter:
+            return evaluate_batches(params, eval_iter)
+
+    return step, evaluate, batches.close
+
+
+def _array_steps(config: RunConfig, hp: dict, model, data: JobData):
+    """The same for an MNIST job: the data are on the device, sampled in the step."""
+    step_fn = make_train_step(config.algorithm, model, hp, base_key(config.trial_seed))
+    evaluate_split = make_evaluator(model)
+    splits = {"in": data.eval_ins, "out": data.eval_outs}
+    return (lambda state: step_fn(state, data.train),
+            lambda params, kind, i: evaluate_split(params, splits[kind][i]),
+            lambda: None)
+
+
 def run(config: RunConfig, log: Callable[[str], None] = _LOG.info) -> list[dict]:
     """Trains (or resumes, or skips a finished job); returns the results records."""
     hp, finished = start_job(config, log)
     if finished is not None:
         return finished
-    data = load_job_data(config, int(hp["batch_size"]))
-    model = make_model(config)
+    data = load_job_data(config, int(hp["batch_size"]), log)
+    model = make_model(config, hp)
     state, records = initial_state(config, hp, model, data, log)
     log_penalty_note(config, hp, data, log)
-    train_step = make_train_step(config.algorithm, model, hp, base_key(config.trial_seed))
-    evaluate = make_evaluator(model)
+    if config.is_image_dataset:
+        train_step, evaluate, close = _image_steps(config, hp, model, data, int(state.step))
+    else:
+        train_step, evaluate, close = _array_steps(config, hp, model, data)
+    try:
+        return _train(config, hp, data, state, records, train_step, evaluate, log)
+    finally:
+        close()
+
+
+def _train(config, hp, data, state, records, train_step, evaluate, log) -> list[dict]:
     window, window_start = [], time.time()
     for step in range(int(state.step), config.steps):
-        state, logs = train_step(state, data.train)
+        state, logs = train_step(state)
         logs = {k: float(v) for k, v in jax.device_get(logs).items()}
         bad = first_non_finite(logs)
         if bad is not None:
@@ -279,10 +425,9 @@ def run(config: RunConfig, log: Callable[[str], None] = _LOG.info) -> list[dict]
         window.append(logs)
         if is_checkpoint_step(config, step):
             step_time = (time.time() - window_start) / len(window)
-            splits = {"in": data.eval_ins, "out": data.eval_outs}
             records.append(checkpoint_record(
                 config, hp, data, step, window, step_time,
-                lambda kind, i: evaluate(state.params, splits[kind][i])))
+                lambda kind, i: evaluate(state.params, kind, i)))
             save_checkpoint(config, hp, state, records, log)
             window, window_start = [], time.time()
         if config.stop_after_step is not None and step >= config.stop_after_step:

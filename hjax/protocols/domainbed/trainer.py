@@ -3,6 +3,11 @@
 Randomness: one base key per run (:func:`base_key`); step t uses ``fold_in(base, t)`` split
 into a data key (minibatch sampling) and an algorithm key (e.g. Hutchinson probes), so a run
 resumed from a checkpoint at step t draws exactly what the uninterrupted run drew.
+
+Two data paths: MNIST datasets live on the device and each step samples its minibatches
+in the compiled step (:func:`make_train_step`); image datasets are decoded and augmented by
+the host input pipeline (hjax.data.image_pipeline, deterministic per step as well) and each
+step takes that batch (:func:`make_host_batch_step`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ def base_key(trial_seed: int) -> jax.Array:
 def init_state(algorithm_name: str, model, hp, example_images, num_domains: int,
                key: jax.Array) -> TrainState:
     """The initial state, built in one compiled call (eager init compiles op by op)."""
-    @jax.jit
     def build(key, example_images):
         params = model.init(key, example_images)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -43,6 +47,9 @@ def init_state(algorithm_name: str, model, hp, example_images, num_domains: int,
                           alg_state=algorithms.init_alg_state(algorithm_name, params, hp,
                                                                num_domains))
 
+    # Imported weights would become constants of the compiled init: build those eagerly.
+    if getattr(model, "featurizer_params", None) is None:
+        build = jax.jit(build)
     return build(key, example_images)
 
 
@@ -58,6 +65,36 @@ def make_train_step(algorithm_name: str, model, hp, base: jax.Array):
         return update(state, Batch(images, labels), alg_key)
 
     return train_step
+
+
+def make_host_batch_step(algorithm_name: str, model, hp, base: jax.Array):
+    """A jitted ``(state, images [E, B, ...], labels [E, B]) -> (state, logs)`` for batches
+    that the host pipeline made; the algorithm key is drawn as in :func:`make_train_step`."""
+    update = algorithms.make_update(algorithm_name, model, hp)
+
+    @jax.jit
+    def train_step(state: TrainState, images, labels):
+        _, alg_key = jax.random.split(jax.random.fold_in(base, state.step))
+        return update(state, Batch(images, labels), alg_key)
+
+    return train_step
+
+
+def make_batch_evaluator(model):
+    """``evaluate(params, batches) -> accuracy`` over (images, labels, mask) batches."""
+    @jax.jit
+    def correct(params, images, labels, mask):
+        pred = jnp.argmax(model.apply(params, images), axis=-1)
+        return jnp.sum((pred == labels) & mask), jnp.sum(mask)
+
+    def evaluate(params, batches) -> float:
+        right = total = 0
+        for images, labels, mask in batches:
+            c, n = correct(params, images, labels, mask)
+            right, total = right + int(c), total + int(n)
+        return right / max(total, 1)
+
+    return evaluate
 
 
 class EvalSplit(NamedTuple):

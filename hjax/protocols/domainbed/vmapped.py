@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hjax.errors import ConfigError
 from hjax.protocols.domainbed import algorithms
 from hjax.protocols.domainbed.algorithms import Batch
 from hjax.protocols.domainbed.data import TrainArrays
@@ -203,6 +204,10 @@ def run_group(configs: Sequence[RunConfig], log: Callable[[str], None] = _LOG.in
     """Trains the given jobs (resuming or skipping each as ``train.py`` would), as one
     program per set of jobs that share a shape and a resume step."""
     batching = resolve_batching(batching)
+    images = [c.dataset for c in configs if c.is_image_dataset]
+    if images:
+        raise ConfigError(f"vmapped groups are for the MNIST datasets, not {images[0]!r}: image "
+                          "datasets take their batches from the host input pipeline")
     todo, hps = [], []
     for c in configs:
         hp, finished = start_job(c, log)
