@@ -67,6 +67,30 @@ def test_colored_mnist_sizes_and_holdout():
     np.testing.assert_array_equal(ids[2], ids[3])
 
 
+@pytest.mark.parametrize("name", ["colored_mnist", "colored_mnist_label_shift"])
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_test_domain_is_the_last_sixth_in_order_for_every_seed(name, seed):
+    """The scripts' test domain: MNIST train[50000:60000] (here the last 1/6 of the fake
+    training images), 2x subsampled, unshuffled, whatever the seed; never trained on."""
+    envs = make_environments(name, seed, mnist=SMALL)
+    n_fit = 700 * 5 // 6
+    expected = SMALL.train_images[n_fit:, ::2, ::2].astype(np.float32) / np.float32(255)
+    for env in envs[2:]:                                   # the test domain and its gray twin
+        np.testing.assert_array_equal(env.images.max(axis=-1), expected)
+    np.testing.assert_array_equal(envs[3].images[..., 0], expected)
+    ids = [ids_and_digits(e.images)[0] for e in envs]
+    np.testing.assert_array_equal(ids[2], np.arange(n_fit, 700))
+    assert not np.intersect1d(np.concatenate(ids[:2]), ids[2]).size
+    assert set(np.concatenate(ids[:2])) <= set(range(n_fit))
+
+
+def test_training_environments_are_redrawn_per_seed_but_the_test_domain_is_not():
+    a, b = (make_environments("colored_mnist", s, mnist=SMALL) for s in (0, 1))
+    assert not np.array_equal(ids_and_digits(a[0].images)[0], ids_and_digits(b[0].images)[0])
+    np.testing.assert_array_equal(ids_and_digits(a[2].images)[0],
+                                  ids_and_digits(b[2].images)[0])
+
+
 @pytest.mark.parametrize("name, flips", [
     ("colored_mnist", IRM_FLIPS),
     ("colored_mnist_label_shift", IRM_FLIPS),

@@ -100,6 +100,12 @@ def make_environments(name: str, seed: int = 0, *, mnist: Mnist | None = None,
     `mnist` defaults to real MNIST (`load_mnist()`); tests pass small MNIST-shaped data.
     Options: colored_mnist_label_shift takes split="intended" (default) or "reference".
     """
+    if name not in DATASET_INFO:
+        from hjax.data.image_datasets import IMAGE_DATASETS
+        if name in IMAGE_DATASETS:
+            raise ValueError(f"{name!r} is an image dataset: it is read from files by "
+                             "hjax.data.image_datasets.load_image_dataset, not built here")
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     resolved = resolve_options(name, options)
     if mnist is None:
         from hjax.data.mnist import load_mnist
