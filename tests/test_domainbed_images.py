@@ -8,12 +8,10 @@ these check the plumbing, not accuracy.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from hjax.data.image_datasets import IMAGE_DATASETS
@@ -25,6 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from image_tree import make_tree  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.fast_compile       # plumbing of end-to-end runs (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +32,6 @@ def pacs_dir(tmp_path_factory):
     info = IMAGE_DATASETS["pacs"]
     make_tree(data / info.dir, domains=info.domains, classes=info.classes, per_class=1)
     return data
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    # Plumbing only: XLA's cheapest compile mode (same programs, less optimized).
-    old = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 def _records(out):
@@ -62,8 +52,7 @@ def test_the_documented_command_trains_on_a_domainbed_tree(pacs_dir, tmp_path):
            f"--data_dir={pacs_dir}", "--algorithm=hgp", "--arch=resnet18", "--image_size=32",
            "--steps=3", "--checkpoint_freq=3", f"--output_dir={out}", "--workers=0",
            "--batch_size=4"]
-    env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "not the published 9,991" in proc.stdout + proc.stderr     # a subset is reported
     records = _records(out)

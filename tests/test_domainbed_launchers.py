@@ -1,27 +1,24 @@
 """Sweep launchers (local_parallel, submitit on its LocalExecutor, Slurm script), the
---single_test_envs / --with_pairs job sets, and collect_results --latex."""
+--single_test_envs / --with_pairs job sets, and collect_results --latex.
+
+Training jobs run as train.py subprocesses (what the launchers start), in XLA's cheap compile
+mode (plumbing: see tests/conftest.py); the sweep and collect_results command lines run
+in-process (the `cli` fixture) where they launch no training.
+"""
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from hjax.protocols.domainbed import jobs as jobs_lib
 from hjax.protocols.domainbed import launchers, selection
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 DS = "domainbed_colored_mnist"
-SWEEP = [sys.executable, str(ROOT / "experiments" / "sweep.py")]
 TINY = ["--fake_data", "--steps=2", "--checkpoint_freq=1", "--width_multiplier=0.25",
         "--batch_size=8", "--n_trials=1", "--algorithms=erm", f"--datasets={DS}"]
 
-
-def sweep(*args, timeout=600):
-    return subprocess.run(SWEEP + list(args), capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+pytestmark = pytest.mark.fast_compile
 
 
 def tiny_jobs():
@@ -31,7 +28,8 @@ def tiny_jobs():
                                      "width_multiplier": 0.25, "batch_size": 8})
 
 
-def test_local_parallel_runs_a_tiny_sweep_and_a_second_launch_skips_finished_jobs(tmp_path):
+def test_local_parallel_runs_a_tiny_sweep_and_a_second_launch_skips_finished_jobs(tmp_path,
+                                                                                   cli):
     jobs = tiny_jobs()
     logs = []
     assert launchers.launch_local_parallel(jobs[:2], str(tmp_path), max_workers=2,
@@ -52,8 +50,8 @@ def test_local_parallel_runs_a_tiny_sweep_and_a_second_launch_skips_finished_job
     stamps = {j.dirname(): (tmp_path / j.dirname() / "results.jsonl").stat().st_mtime_ns
               for j in jobs[:2]}
     for launcher in ("--launcher=local_parallel", "--launcher=submitit_local"):
-        proc = sweep("launch", f"--output_dir={tmp_path}", launcher, "--n_hparams=1",
-                     "--single_test_envs", *TINY)
+        proc = cli("sweep", "launch", f"--output_dir={tmp_path}", launcher, "--n_hparams=1",
+                   "--single_test_envs", *TINY)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "3 jobs: 3 done, 0 incomplete, 0 not_launched" in proc.stdout
         assert "start" not in proc.stdout and "submitted" not in proc.stdout
@@ -104,7 +102,8 @@ def test_slurm_executor_gets_partition_time_and_gpus(tmp_path, monkeypatch):
         assert f"#SBATCH {line}" in script
 
 
-def test_sweep_flags_launcher_and_test_env_sets(tmp_path):
+def test_sweep_flags_launcher_and_test_env_sets(tmp_path, cli):
+    sweep = lambda *args: cli("sweep", *args)  # noqa: E731
     bad = sweep("launch", f"--output_dir={tmp_path}", "--launcher=bogus")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "--launcher='bogus'" in bad.stderr
@@ -153,10 +152,8 @@ def test_latex_table_numbers():
     assert "Note: fewer trials than the others: hgp_x/+90% (1 of 2 trials)" in md
 
 
-def test_collect_results_latex_flag_and_missing_runs_message(tmp_path):
-    collect = [sys.executable, str(ROOT / "experiments" / "collect_results.py")]
-    empty = subprocess.run(collect + [f"--input_dir={tmp_path}"], capture_output=True,
-                           text=True, cwd=ROOT, timeout=300)
+def test_collect_results_latex_flag_and_missing_runs_message(tmp_path, cli):
+    empty = cli("collect_results", f"--input_dir={tmp_path}")
     assert empty.returncode == 1 and "no finished runs" in empty.stderr
     for t, acc in enumerate((0.6, 0.5, 0.9)):
         d = tmp_path / f"job{t}"
@@ -165,8 +162,7 @@ def test_collect_results_latex_flag_and_missing_runs_message(tmp_path):
         (d / "done").write_text("done\n")
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "results.jsonl").write_text(json.dumps(_run(0, 1, 0.1)[0]) + "\n")
-    proc = subprocess.run(collect + [f"--input_dir={tmp_path}", "--latex"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    proc = cli("collect_results", f"--input_dir={tmp_path}", "--latex")
     assert proc.returncode == 0, proc.stderr
     assert "| erm | 60.0 ± 0.0 | 50.0 ± 0.0 | 90.0 ± 0.0 | 66.7 ± 0.0 |" in proc.stdout
     assert r"\begin{tabular}" in proc.stdout

@@ -1,17 +1,18 @@
-"""Sweep job lists, the launcher's idempotence, model selection and the results tables."""
+"""Sweep job lists, the launcher's idempotence, model selection and the results tables.
+
+The sweep and collect_results command lines run in-process (the `cli` fixture): none of these
+launch training.
+"""
 
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from hjax.protocols.domainbed import jobs as jobs_lib
 from hjax.protocols.domainbed import selection
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 DS = "domainbed_colored_mnist"
 
 
@@ -114,7 +115,7 @@ def _write_job(root, name, records, done=True):
         (d / "done").write_text("done\n")
 
 
-def test_collect_results_script(tmp_path):
+def test_collect_results_script(tmp_path, cli):
     for t in range(3):
         run = _three_env_run(t, 0, (0.5, 0.5), (0.6, 0.6), (0.5, 0.5))
         if t == 1:          # a job whose penalty never acted is named, not silently averaged
@@ -124,39 +125,31 @@ def test_collect_results_script(tmp_path):
     _write_job(tmp_path, "unfinished", _three_env_run(0, 1, (0.9, 0.9), (0.1, 0.1), (.9, .9)),
                done=False)
     out = tmp_path / "table.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "collect_results.py"),
-                           f"--input_dir={tmp_path}", f"--output={out}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = cli("collect_results", f"--input_dir={tmp_path}", f"--output={out}")
     assert proc.returncode == 0, proc.stderr
     assert "3 runs" in proc.stdout and "| erm | 60.0 ± 0.0 |" in proc.stdout
     assert out.read_text().strip() == proc.stdout.strip()
     assert "1 of 3 runs had a penalty that never acted" in proc.stderr
 
 
-def test_sweep_script_status_and_bad_command(tmp_path):
-    sweep = [sys.executable, str(ROOT / "experiments" / "sweep.py")]
-    proc = subprocess.run(sweep + ["status", f"--output_dir={tmp_path}", "--n_hparams=2",
-                                   "--n_trials=1", "--algorithms=erm,hgp"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+def test_sweep_script_status_and_bad_command(tmp_path, cli):
+    proc = cli("sweep", "status", f"--output_dir={tmp_path}", "--n_hparams=2", "--n_trials=1",
+               "--algorithms=erm,hgp")
     assert proc.returncode == 0, proc.stderr
     assert "12 jobs: 0 done, 0 incomplete, 12 not_launched" in proc.stdout
-    bad = subprocess.run(sweep + ["explode", f"--output_dir={tmp_path}"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    bad = cli("sweep", "explode", f"--output_dir={tmp_path}")
     assert bad.returncode == 2 and "launch | status | delete_incomplete" in bad.stderr
 
 
-def test_cpu_mini_preset_sets_the_sweep_and_explicit_flags_win(tmp_path):
-    sweep = [sys.executable, str(ROOT / "experiments" / "sweep.py"), "status",
-             f"--output_dir={tmp_path}", "--preset=cpu_mini"]
-    proc = subprocess.run(sweep, capture_output=True, text=True, cwd=ROOT, timeout=300)
+def test_cpu_mini_preset_sets_the_sweep_and_explicit_flags_win(tmp_path, cli):
+    sweep = ["status", f"--output_dir={tmp_path}", "--preset=cpu_mini"]
+    proc = cli("sweep", *sweep)
     assert proc.returncode == 0, proc.stderr
     # 3 algorithms x 3 test envs x 2 hparams x 1 trial.
     assert "18 jobs: 0 done, 0 incomplete, 18 not_launched" in proc.stdout
-    proc = subprocess.run(sweep + ["--n_hparams=1", "--algorithms=erm"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    proc = cli("sweep", *sweep, "--n_hparams=1", "--algorithms=erm")
     assert "3 jobs:" in proc.stdout
-    bad = subprocess.run(sweep[:-1] + ["--preset=gpu_huge"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=300)
+    bad = cli("sweep", *sweep[:-1], "--preset=gpu_huge")
     assert bad.returncode == 2 and "--preset='gpu_huge'" in bad.stderr and "cpu_mini" in bad.stderr
 
 

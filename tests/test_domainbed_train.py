@@ -1,11 +1,11 @@
 """experiments/train.py end to end on fake MNIST: results, resume after a kill, bad args.
 
-The subprocesses share a persistent compilation cache and XLA's cheapest compile mode, so
-the resumed runs do not pay the CNN's compile again.
+The subprocesses share a persistent compilation cache and XLA's cheapest compile mode (the
+fast_compile marker, tests/conftest.py), so the resumed runs do not pay the CNN's compile
+again.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,18 +22,12 @@ TINY = ["--fake_data", "--width_multiplier=0.125", "--batch_size=8", "--steps=5"
         # The penalty switches on (and Adam is re-created) at step 3, after the resume point.
         '--hparams={"fishr_penalty_anneal_iters": 3}']
 
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax-cache")
-    return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+pytestmark = pytest.mark.fast_compile
 
 
-def train(*args, env=None):
+def train(*args):
     return subprocess.run(TRAIN + list(args), capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=600)
+                          timeout=600)
 
 
 def records(out):
@@ -44,9 +38,9 @@ def without_timing(recs):
     return [{k: v for k, v in r.items() if k != "step_time"} for r in recs]
 
 
-def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, env):
+def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, cli):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    proc = train(*TINY, f"--output_dir={full}", env=env)
+    proc = train(*TINY, f"--output_dir={full}")
     assert proc.returncode == 0, proc.stderr
     assert (full / "done").exists()
     recs = records(full)
@@ -59,24 +53,24 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, env):
     assert recs[-1]["penalty"] > 0
 
     # "Kill" after step 3: the last checkpoint is step 2's, step 3's work is lost.
-    proc = train(*TINY, f"--output_dir={killed}", "--stop_after_step=3", env=env)
+    proc = train(*TINY, f"--output_dir={killed}", "--stop_after_step=3")
     assert proc.returncode == 0, proc.stderr
     assert not (killed / "done").exists()
     assert [r["step"] for r in records(killed)] == [0, 2]
 
-    proc = train(*TINY, f"--output_dir={killed}", env=env)
+    proc = train(*TINY, f"--output_dir={killed}")
     assert proc.returncode == 0, proc.stderr
     assert "resuming at step 3" in proc.stdout
     assert (killed / "done").exists()
     assert without_timing(records(killed)) == without_timing(recs)
 
-    # A finished job is skipped.
-    proc = train(*TINY, f"--output_dir={killed}", env=env)
+    # A finished job is skipped (in-process from here: no training, no compile).
+    proc = cli("domainbed_train", *TINY, f"--output_dir={killed}")
     assert proc.returncode == 0 and "already done" in proc.stdout
 
     # A different job in the same directory is refused.
     (killed / "done").unlink()
-    proc = train(*TINY, f"--output_dir={killed}", "--lr=0.5", env=env)
+    proc = cli("domainbed_train", *TINY, f"--output_dir={killed}", "--lr=0.5")
     assert proc.returncode == 2 and "different job" in proc.stderr
 
 
@@ -86,8 +80,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, env):
     (["--hparams={bad"], "--hparams is not valid JSON"),
     (["--no_such_flag=1"], "no_such_flag"),
 ])
-def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
-    proc = train("--fake_data", f"--output_dir={tmp_path}", *args)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message, cli):
+    proc = cli("domainbed_train", "--fake_data", f"--output_dir={tmp_path}", *args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,12 +1,12 @@
 """--vmap_trials: jobs of one shape trained as one vmapped program give the single-job results.
 
-In-process on fake MNIST with a narrow CNN; the persistent compilation cache is not needed.
+In-process on fake MNIST with a narrow CNN, in XLA's cheap compile mode (plumbing of whole
+runs: see tests/conftest.py); one sweep launch as a user runs it, in subprocesses.
 """
 
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -21,11 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DS = "domainbed_colored_mnist"
 QUIET = lambda m: None  # noqa: E731
 
-
-@pytest.fixture
-def fast_compile_env(tmp_path_factory):
-    """For subprocesses: XLA's cheapest compile mode (the tiny CNN's compile dominates)."""
-    return dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+pytestmark = pytest.mark.fast_compile
 
 
 def config(out, algorithm="fishr", hparams_seed=0, trial_seed=0, **overrides):
@@ -141,13 +137,13 @@ def test_single_job_divergence_is_reported_and_marked(tmp_path):
     records(tmp_path / "bad")
 
 
-def test_sweep_vmap_trials_end_to_end_and_relaunch_skips(tmp_path, fast_compile_env):
-    sweep = [sys.executable, str(ROOT / "experiments" / "sweep.py"), "launch",
-             f"--output_dir={tmp_path}", "--fake_data", "--steps=2", "--checkpoint_freq=1",
-             "--width_multiplier=0.125", "--batch_size=8", "--n_trials=2", "--n_hparams=1",
-             "--algorithms=erm", f"--datasets={DS}", "--vmap_trials"]
-    proc = subprocess.run(sweep, capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env=fast_compile_env)
+def test_sweep_vmap_trials_end_to_end_and_relaunch_skips(tmp_path, cli):
+    flags = ["launch", f"--output_dir={tmp_path}", "--fake_data", "--steps=2",
+             "--checkpoint_freq=1", "--width_multiplier=0.125", "--batch_size=8", "--n_trials=2",
+             "--n_hparams=1", "--algorithms=erm", f"--datasets={DS}", "--vmap_trials"]
+    # As a user runs it: sweep.py, which starts one train.py --vmap_jobs process per group.
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "sweep.py"), *flags],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # 3 test envs x 1 hparams x 2 trials = 6 jobs in 3 groups (one per test env).
     assert "6 pending jobs in 3 vmapped group(s)" in proc.stdout
@@ -158,17 +154,14 @@ def test_sweep_vmap_trials_end_to_end_and_relaunch_skips(tmp_path, fast_compile_
     for job in jobs:
         assert [r["step"] for r in records(tmp_path / job.dirname())] == [0, 1]
     assert len(list((tmp_path / jobs_lib.GROUPS_DIR).iterdir())) == 3
-    proc = subprocess.run(sweep, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = cli("sweep", *flags)
     assert proc.returncode == 0 and "0 pending jobs in 0 vmapped group(s)" in proc.stdout
-    bad = subprocess.run(sweep + ["--max_vmap_trials=0"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=600)
+    bad = cli("sweep", *flags, "--max_vmap_trials=0")
     assert bad.returncode == 2 and "--max_vmap_trials=0" in bad.stderr
     assert "Traceback" not in bad.stderr
 
 
-def test_train_py_rejects_an_unreadable_job_list(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"),
-                           f"--vmap_jobs={tmp_path / 'missing.json'}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+def test_train_py_rejects_an_unreadable_job_list(tmp_path, cli):
+    proc = cli("domainbed_train", f"--vmap_jobs={tmp_path / 'missing.json'}")
     assert proc.returncode == 2 and "--vmap_jobs=" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

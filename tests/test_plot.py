@@ -1,19 +1,17 @@
-"""hjax.io.plotting and experiments/plot.py on small hand-made results files (no training)."""
+"""hjax.io.plotting and experiments/plot.py on small hand-made results files (no training).
+
+The command line runs in-process (the `cli` fixture)."""
 
 from __future__ import annotations
 
 import json
 import pathlib
 import struct
-import subprocess
-import sys
 
 import pytest
 
 from hjax.io import plotting
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-PLOT = [sys.executable, str(ROOT / "experiments" / "plot.py")]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -93,15 +91,13 @@ def test_tables():
     assert len(t) == 2 + 6 and t[2].startswith("| erm | 0.1 | 2 | 0.015 ± 0.005 |")
 
 
-def test_plot_cli_writes_figures_and_table(tmp_path):
+def test_plot_cli_writes_figures_and_table(tmp_path, cli):
     write_run(tmp_path / "res" / "erm", [fake_record("erm", 0), fake_record("erm", 1)])
     write_run(tmp_path / "res" / "hgp", [fake_record("hgp", 0)])
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TRANSFER_ROWS))
     out = tmp_path / "fig"
-    proc = subprocess.run(PLOT + [f"--input_dirs={tmp_path}/res/*",
-                                  f"--transfer_file={tmp_path}/t.jsonl", f"--output_dir={out}",
-                                  "--width=3", "--height=2", "--dpi=60"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = cli("plot", f"--input_dirs={tmp_path}/res/*", f"--transfer_file={tmp_path}/t.jsonl",
+               f"--output_dir={out}", "--width=3", "--height=2", "--dpi=60")
     assert proc.returncode == 0, proc.stderr
     for name in ("test_acc.png", "hess_spectral_train.png", "hess_spectral_train_test.png",
                  "transfer.png"):
@@ -114,8 +110,9 @@ def test_plot_cli_writes_figures_and_table(tmp_path):
     (["--input_dirs=/nonexistent/dir"], "no results.jsonl found"),
     (["--input_dirs=.", "--dpi=0"], "--dpi=0 must be a positive integer"),
 ])
-def test_plot_cli_bad_flags_exit_2(args, message):
-    proc = subprocess.run(PLOT + args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+def test_plot_cli_bad_flags_exit_2(args, message, cli, monkeypatch):
+    monkeypatch.chdir(pathlib.Path(__file__).resolve().parents[1])     # --input_dirs=.
+    proc = cli("plot", *args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

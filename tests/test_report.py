@@ -1,9 +1,14 @@
-"""experiments/report.py builds its tables from results files; the benchmark scripts run."""
+"""experiments/report.py builds its tables from results files; the benchmark scripts run.
+
+report.py runs in-process (the `cli` fixture); bench_train.py, a script, as a subprocess.
+"""
 
 import json
 import pathlib
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -19,7 +24,7 @@ def _rec(restart, test, status="ok"):
             "gray_test_acc": 0.7 if status == "ok" else None, "step_time_s": 1.0}
 
 
-def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path):
+def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path, cli):
     _write(tmp_path / "colored_mnist" / "hgp" / "results.jsonl",
            [_rec(0, 0.68), _rec(1, 0.70), _rec(2, None, "diverged")])
     _write(tmp_path / "colored_mnist" / "erm" / "results.jsonl", [_rec(0, 0.14)])
@@ -28,10 +33,8 @@ def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path):
     readme.write_text("top\n<!-- report:begin (experiments/report.py) -->\nold\n"
                       "<!-- report:end -->\nmiddle\n<!-- include:begin tables.md -->\nstale\n"
                       "<!-- include:end -->\nbottom\n")
-    proc = subprocess.run([sys.executable, "experiments/report.py",
-                           f"--results_dir={tmp_path}", "--update_readme",
-                           f"--readme={readme}", "--expected_restarts=3"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = cli("report", f"--results_dir={tmp_path}", "--update_readme", f"--readme={readme}",
+               "--expected_restarts=3")
     assert proc.returncode == 0, proc.stderr
     text = readme.read_text()
     assert text.startswith("top\n") and text.endswith("bottom\n") and "old" not in text
@@ -47,6 +50,7 @@ def test_report_tables_come_from_the_files_and_flag_incomplete_runs(tmp_path):
     assert text.index("| erm") < text.index("| hgp")
 
 
+@pytest.mark.fast_compile              # the plumbing of timed training runs
 def test_bench_train_runs_on_fake_data(tmp_path):
     out = tmp_path / "bench.md"
     proc = subprocess.run([sys.executable, "experiments/bench_train.py", "--fake_data",
@@ -61,7 +65,7 @@ def test_bench_train_runs_on_fake_data(tmp_path):
     assert bad.returncode == 2 and "--rounds=0" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_paired_table_differences_restarts_with_the_same_seeds(tmp_path):
+def test_paired_table_differences_restarts_with_the_same_seeds(tmp_path, cli):
     def rec(restart, test, seed=0, status="ok"):
         r = _rec(restart, test, status)
         r.update(seed=seed, data_seed=seed * 10_000 + restart)
@@ -74,14 +78,12 @@ def test_paired_table_differences_restarts_with_the_same_seeds(tmp_path):
     _write(tmp_path / "colored_mnist" / "hgp" / "results.jsonl",
            [rec(0, 0.67), rec(1, 0.73), rec(2, None, status="diverged"), rec(3, 0.10, seed=1)])
     _write(tmp_path / "colored_mnist" / "irm" / "results.jsonl", [rec(0, 0.5)])  # 1 pair: no row
-    proc = subprocess.run([sys.executable, "experiments/report.py", f"--results_dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = cli("report", f"--results_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     paired = proc.stdout.split("Paired with fishr", 1)[1]
     hgp = next(l for l in paired.splitlines() if l.startswith("| hgp"))
     # differences 1 and 3: mean 2.0, standard error std(ddof=1) / sqrt(2) = 1.0
     assert hgp == "| hgp | +0.0 ± 0.0 | +2.0 ± 1.0 | +0.0 ± 0.0 | 2 |", hgp
     assert "| irm" not in paired and "| fishr" not in paired
-    proc = subprocess.run([sys.executable, "experiments/report.py", f"--results_dir={tmp_path}",
-                           "--paired_baseline="], capture_output=True, text=True, cwd=ROOT)
+    proc = cli("report", f"--results_dir={tmp_path}", "--paired_baseline=")
     assert proc.returncode == 0 and "Paired with" not in proc.stdout

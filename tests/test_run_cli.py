@@ -1,4 +1,8 @@
-"""experiments/run.py end to end on small synthetic data: files, errors, divergence, devices."""
+"""experiments/run.py end to end on small synthetic data: files, errors, divergence, devices.
+
+One tiny run as a user starts it (a subprocess); the other command lines run in-process (the
+`cli` fixture). Whole training runs compile in XLA's cheap mode (plumbing: tests/conftest.py).
+"""
 
 import json
 import os
@@ -17,6 +21,7 @@ def run(*args, env=None):
                           env=dict(os.environ, **(env or {})), timeout=600)
 
 
+@pytest.mark.fast_compile
 def test_tiny_run_writes_complete_results_and_summary(tmp_path):
     out = tmp_path / "out"
     proc = run("--fake_data", "--method=hutchinson", "--restarts=2", "--steps=3",
@@ -47,26 +52,28 @@ def test_tiny_run_writes_complete_results_and_summary(tmp_path):
     (["--output_dir=/proc/forbidden"], "is not writable"),
     (["--no_such_flag=1"], "no_such_flag"),
 ])
-def test_bad_flags_exit_2_with_one_clear_line(args, message):
-    proc = run(*args)
+def test_bad_flags_exit_2_with_one_clear_line(args, message, cli):
+    proc = cli("colored_mnist", *args)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("script", ["run.py", "sweep.py", "transferability.py"])
+@pytest.mark.parametrize("script", ["colored_mnist", "sweep", "transferability"])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
-def test_help_prints_the_docstring_and_flags_and_exits_0(script, flag, tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), flag],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+def test_help_prints_the_docstring_and_flags_and_exits_0(script, flag, tmp_path, cli,
+                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    proc = cli(script, flag)
     assert proc.returncode == 0, proc.stderr
     assert "python experiments/" in proc.stdout and "--output_dir" in proc.stdout
     assert "--flagfile" not in proc.stdout  # absl's own flags only with --helpfull
     assert not list(tmp_path.iterdir())  # help runs nothing
 
 
-def test_injected_nan_marks_the_restart_diverged_and_goes_on(tmp_path):
-    proc = run("--fake_data", "--method=erm", "--restarts=2", "--steps=4",
+@pytest.mark.fast_compile
+def test_injected_nan_marks_the_restart_diverged_and_goes_on(tmp_path, cli):
+    proc = cli("colored_mnist", "--fake_data", "--method=erm", "--restarts=2", "--steps=4",
                "--inject_nan_at=2", f"--output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
@@ -111,7 +118,9 @@ def test_multi_device_equals_single_device():
     assert "MULTI_DEVICE_OK 4" in proc.stdout
 
 
-def test_interrupted_run_resumes_from_its_finished_restarts(tmp_path):
+@pytest.mark.fast_compile
+def test_interrupted_run_resumes_from_its_finished_restarts(tmp_path, cli):
+    run = lambda *args: cli("colored_mnist", *args)  # noqa: E731
     common = ["--fake_data", "--method=vrex", "--steps=3", f"--output_dir={tmp_path}"]
     assert run(*common, "--restarts=1").returncode == 0
     first = (tmp_path / "results.jsonl").read_text().splitlines()
@@ -128,13 +137,13 @@ def test_interrupted_run_resumes_from_its_finished_restarts(tmp_path):
             (tmp_path / "results.jsonl").read_text().splitlines()] == [0.01, 0.01]
 
 
-def test_penalty_at_params_reads_saved_params_and_compares_estimators(tmp_path):
-    proc = run("--fake_data", "--method=erm", "--restarts=1", "--steps=2", "--save_params",
+@pytest.mark.fast_compile
+def test_penalty_at_params_reads_saved_params_and_compares_estimators(tmp_path, cli):
+    proc = cli("colored_mnist", "--fake_data", "--method=erm", "--restarts=1", "--steps=2", "--save_params",
                f"--output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
-    script = [sys.executable, str(ROOT / "experiments" / "penalty_at_params.py"), "--fake_data",
-              f"--input_dir={tmp_path}", "--keys=3", "--num_probes=4"]
-    proc = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    script = ["--fake_data", f"--input_dir={tmp_path}", "--keys=3", "--num_probes=4"]
+    proc = cli("penalty_at_params", *script)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
             for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line}
@@ -142,7 +151,6 @@ def test_penalty_at_params_reads_saved_params_and_compares_estimators(tmp_path):
     hutch = float(next(v for k, v in rows.items() if k.startswith("hutchinson")).split()[0])
     assert exact >= 0 and hutch >= 0 and float(rows["hgp Hessian term"]) >= 0
     assert "hutchinson / exact_diag:" in proc.stdout
-    missing = subprocess.run(script + ["--restart=7"], capture_output=True, text=True, cwd=ROOT,
-                             timeout=600)
+    missing = cli("penalty_at_params", *script, "--restart=7")
     assert missing.returncode == 2 and "params_restart7.msgpack" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -103,11 +100,8 @@ def test_tracking_off_leaves_rows_unchanged():
     assert not set(TRACKED_KEYS) & set(rec["history"][-1])
 
 
-def test_run_cli_rejects_negative_tracking_interval(tmp_path):
-    root = pathlib.Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(root / "experiments" / "run.py"),
-                           "--track_alignment_every=-1", f"--output_dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=root, timeout=300)
+def test_run_cli_rejects_negative_tracking_interval(tmp_path, cli):
+    proc = cli("colored_mnist", "--track_alignment_every=-1", f"--output_dir={tmp_path}")
     assert proc.returncode == 2
     assert "--track_alignment_every=-1 must be >= 0" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -17,25 +16,17 @@ from hjax.io import params_io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = [sys.executable, str(ROOT / "experiments" / "transferability.py")]
-RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 TINY = ["--fake_data", "--hidden_dim=16", "--deltas=0.1,1", "--ascent_steps=5",
         "--ascent_restarts=2", "--width=3", "--height=2", "--dpi=50"]
 
-
-@pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    """A JAX persistent compilation cache shared by this module's subprocesses only: they
-    compile the same train step and transfer-measure programs (same shapes), so later
-    calls load them instead of compiling again (keys cover the whole program, so results
-    are unchanged)."""
-    return dict(os.environ,
-                JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax-cache")),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+# Whole training and measuring runs: XLA's cheap compile mode and a persistent compilation
+# cache shared with the subprocesses (tests/conftest.py); what is checked is the plumbing.
+pytestmark = pytest.mark.fast_compile
 
 
-def call(cmd, *args, env=None):
+def call(cmd, *args):
     return subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=ROOT,
-                          timeout=600, env=env)
+                          timeout=600)
 
 
 def read_rows(path):
@@ -61,21 +52,22 @@ def check_outputs(out, methods, n_deltas=2):
     return rows
 
 
-def test_trains_and_writes_table_and_figure(tmp_path, cache_env):
+def test_trains_and_writes_table_and_figure(tmp_path):
+    # As a user runs it (a subprocess): the script trains its own models.
     out = tmp_path / "transfer"
     proc = call(SCRIPT, *TINY, "--methods=erm", "--steps=3", "--restarts=1",
-                f"--output_dir={out}", env=cache_env)
+                f"--output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = check_outputs(out, ["erm"])
     assert [r["delta"] for r in rows] == [0.1, 1.0]
     assert "| erm | 0.1 | 1 |" in proc.stdout
 
 
-def test_run_saves_params_with_tracking_and_transferability_loads_them(tmp_path, cache_env):
+def test_run_saves_params_with_tracking_and_transferability_loads_them(tmp_path, cli):
     run_dir = tmp_path / "runs" / "erm"
-    proc = call(RUN, "--fake_data", "--method=erm", "--restarts=1", "--steps=3",
-                "--hidden_dim=16", "--track_alignment_every=2", "--save_params",
-                f"--output_dir={run_dir}", env=cache_env)
+    proc = cli("colored_mnist", "--fake_data", "--method=erm", "--restarts=1", "--steps=3",
+               "--hidden_dim=16", "--track_alignment_every=2", "--save_params",
+               f"--output_dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (rec,) = read_rows(run_dir / "results.jsonl")
     assert rec["params_file"] == "params_restart0.msgpack" and rec["track_every"] == 2
@@ -86,34 +78,22 @@ def test_run_saves_params_with_tracking_and_transferability_loads_them(tmp_path,
     assert np.all(np.isfinite(params["classifier"]["kernel"]))
 
     out = tmp_path / "transfer"
-    proc = call(SCRIPT, *TINY, f"--input_dirs={tmp_path}/runs/*", f"--output_dir={out}",
-                env=cache_env)
+    measure = [*TINY, f"--input_dirs={tmp_path}/runs/*", f"--output_dir={out}"]
+    proc = cli("transferability", *measure)
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = check_outputs(out, ["erm"])
     assert all(r["settings"]["ascent_steps"] == 5 for r in first)
 
-
-def test_measured_models_keep_their_rows_once_params_are_gone(tmp_path, cache_env):
-    """Params are not committed: a fresh clone's `make figures` must keep what was measured."""
-    run_dir = tmp_path / "runs" / "erm"
-    proc = call(RUN, "--fake_data", "--method=erm", "--restarts=1", "--steps=3",
-                "--hidden_dim=16", "--save_params", f"--output_dir={run_dir}", env=cache_env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "transfer"
-    measure = [*TINY, f"--input_dirs={tmp_path}/runs/*", f"--output_dir={out}"]
-    proc = call(SCRIPT, *measure, env=cache_env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    first = read_rows(out / "transferability.jsonl")
-
+    # Params are not committed: a fresh clone's `make figures` must keep what was measured.
     (run_dir / "params_restart0.msgpack").unlink()
-    proc = call(SCRIPT, *measure, env=cache_env)
+    proc = cli("transferability", *measure)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "erm restart 0: kept its 2 earlier rows" in proc.stdout
     assert read_rows(out / "transferability.jsonl") == first
     check_outputs(out, ["erm"])
 
     # Other ascent settings do not reuse them; with no params left there is nothing to measure.
-    proc = call(SCRIPT, *measure, "--ascent_steps=6", env=cache_env)
+    proc = cli("transferability", *measure, "--ascent_steps=6")
     assert proc.returncode == 2, proc.stderr
     assert "no params file and no earlier rows for restart(s) 0 " in proc.stderr
     assert "none of the saved models has its params file" in proc.stderr.splitlines()[-1]
@@ -125,8 +105,8 @@ def test_measured_models_keep_their_rows_once_params_are_gone(tmp_path, cache_en
     (["--deltas=0.1,-1"], "--deltas: '-1' must be a positive number"),
     (["--methods=erm,sgd"], "--methods='sgd' is not valid"),
 ])
-def test_bad_flags_exit_2(args, message, tmp_path):
-    proc = call(SCRIPT, *args, f"--output_dir={tmp_path}")
+def test_bad_flags_exit_2(args, message, tmp_path, cli):
+    proc = cli("transferability", *args, f"--output_dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
