@@ -19,8 +19,7 @@ from hjax.errors import ConfigError
 from hjax.protocols.domainbed import hparams
 from hjax.protocols.domainbed.run import RunConfig, run
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from image_tree import make_tree  # noqa: E402
+from image_tree import make_tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.fast_compile       # plumbing of end-to-end runs (tests/conftest.py)
