@@ -25,7 +25,9 @@ from __future__ import annotations
 import collections
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -35,6 +37,28 @@ _ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 _FORCED = os.environ.get(_ENV)           # the user's choice for the whole suite, if any
 if _FORCED is not None:
     jax.config.update("jax_disable_most_optimizations", _FORCED not in ("0", "false", "False"))
+
+# One persistent compilation cache for the session (a fresh folder per run, shared with the
+# xdist workers and the subprocesses tests start, through the environment): end-to-end runs
+# build fresh closures and compile the same programs again, and a hit skips XLA. Results are
+# unchanged: the key covers the program and every compile option.
+_SESSION_CACHE = "HJAX_TEST_JAX_CACHE"
+if _SESSION_CACHE not in os.environ:
+    os.environ[_SESSION_CACHE] = tempfile.mkdtemp(prefix="hjax-test-jax-cache-")
+    _OWN_CACHE = True
+else:
+    _OWN_CACHE = False
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ[_SESSION_CACHE])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+    # The process that made the session cache (the xdist controller) removes it.
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ[_SESSION_CACHE], ignore_errors=True)
 
 
 def pytest_configure(config):
