@@ -109,6 +109,7 @@ print("MULTI_DEVICE_OK", len(jax.devices()))
 """
 
 
+@pytest.mark.fast_compile          # sharding plumbing: both sides compile in the same mode
 def test_multi_device_equals_single_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
