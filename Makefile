@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 # once); `$(PY) -m pytest tests` (one process) works too. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist load)
+	$(PY) -m pytest tests $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # Fetches MNIST into the checksummed cache only when it is missing or corrupt.
 data: setup

@@ -6,7 +6,9 @@ XLA's optimization level (the rule):
   numerical test (penalties, curvature, heads, diagnostics, objectives, models, ...) runs so.
 * A test module that only checks the plumbing of end-to-end training runs (sweeps, resume
   after a kill, launchers, vmapped groups, CLI runs) opts into XLA's cheapest compile mode
-  with ``pytestmark = pytest.mark.fast_compile`` (one test: ``@pytest.mark.fast_compile``).
+  with ``pytestmark = pytest.mark.fast_compile`` (one test: ``@pytest.mark.fast_compile``);
+  so may a numerical test whose cost is compiling a dense oracle (``jax.hessian`` of a small
+  network), not the code under test.
   Those tests are dominated by compiling many small programs (each run, sweep job and
   vmapped group compiles its own), and the mode cuts that ~2.5x on CPU without changing what
   they check (the same programs, less optimized). While such a module (or test) runs,

@@ -32,6 +32,8 @@ def _mlp_loss(params, x):
     return jnp.mean(jnp.log1p(h ** 2)) + 0.1 * jnp.mean(h ** 3)
 
 
+# The cost is compiling the dense oracle (jax.hessian of an MLP), not the code under test.
+@pytest.mark.fast_compile
 @pytest.mark.parametrize("sizes", [(3, 2), (4, 5, 3), (6, 4, 4, 2)])
 def test_hvp_equals_dense_hessian_times_v(sizes):
     key = jax.random.key(len(sizes))

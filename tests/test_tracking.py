@@ -30,6 +30,7 @@ def test_difference_operators():
     assert difference_operators(3, 2).shape == (4, 5)
 
 
+@pytest.mark.fast_compile     # a training run plus dense-Hessian oracles: compile-bound
 def test_tracked_rows_every_n_steps_match_dense_hessians():
     envs = data.make_environments("colored_mnist", seed=0, mnist=data.fake_mnist())
     info = data.dataset_info("colored_mnist")
