@@ -109,9 +109,20 @@ def test_label_noise_and_color_agreement(name, flips):
 
 def test_gray_test_keeps_both_channels():
     *_, test, gray = make_environments("colored_mnist", 0, mnist=SMALL)
-    np.testing.assert_array_equal(gray.labels, test.labels)
     np.testing.assert_array_equal(gray.images[..., 0], gray.images[..., 1])
     np.testing.assert_array_equal(gray.images[..., 0], test.images.sum(axis=-1))
+
+
+@pytest.mark.parametrize("name", ["colored_mnist", "colored_mnist_label_shift"])
+def test_gray_test_draws_its_own_label_noise(name):
+    """As the scripts' second make_environment call: same images, labels flipped with
+    probability 0.25 independently of the colored test domain's flips."""
+    *_, test, gray = make_environments(name, 3, mnist=LARGE)
+    _, digits = ids_and_digits(gray.images)
+    n = len(gray.labels)
+    assert_rate(np.sum(gray.labels != (digits < 5)), n, 0.25)
+    # Two independent flips at 0.25 disagree with probability 2 * 0.25 * 0.75.
+    assert_rate(np.sum(gray.labels != test.labels), n, 0.375)
 
 
 @pytest.mark.parametrize("name", DATASETS)

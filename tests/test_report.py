@@ -87,3 +87,47 @@ def test_paired_table_differences_restarts_with_the_same_seeds(tmp_path, cli):
     assert "| irm" not in paired and "| fishr" not in paired
     proc = cli("report", f"--results_dir={tmp_path}", "--paired_baseline=")
     assert proc.returncode == 0 and "Paired with" not in proc.stdout
+
+
+def test_tables_name_the_test_domain_and_never_pair_across_it(tmp_path, cli):
+    def rec(restart, test, domain):
+        r = _rec(restart, test)
+        r.update(seed=0, data_seed=restart)
+        if domain:
+            r["test_domain"] = domain
+        return r
+
+    fixed = "mnist_train[50000:60000]"
+    # fishr was re-run on the fixed test domain; hgp's records predate the fix (no field), so
+    # restart r of hgp and of fishr tested on different images and must not be paired.
+    _write(tmp_path / "colored_mnist" / "fishr" / "results.jsonl",
+           [rec(0, 0.66, fixed), rec(1, 0.70, fixed)])
+    _write(tmp_path / "colored_mnist" / "hgp" / "results.jsonl",
+           [rec(0, 0.67, None), rec(1, 0.73, None)])
+    _write(tmp_path / "colored_mnist" / "vrex" / "results.jsonl",
+           [rec(0, 0.67, fixed), rec(1, 0.73, fixed)])
+    proc = cli("report", f"--results_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    main = proc.stdout.split("Against the published", 1)[0]
+    hgp = next(l for l in main.splitlines() if l.startswith("| hgp"))
+    fishr = next(l for l in main.splitlines() if l.startswith("| fishr"))
+    assert "before the fix" in hgp and fixed not in hgp
+    assert f"| {fixed} |" in fishr
+    paired = proc.stdout.split("Paired with fishr", 1)[1]
+    assert "| vrex" in paired and "| hgp" not in paired
+
+
+def test_published_table_gives_distance_and_standard_error(tmp_path, cli):
+    # fishr published 71.0 / 69.5 / 70.2; ours: test 0.68 and 0.70 -> mean 69.0, sample std
+    # 1.414, s.e. 1.0: -0.5 lies within one s.e. Train 70.0 (s.e. 0) misses by 1.0.
+    recs = [_rec(0, 0.68), _rec(1, 0.70)]
+    for r in recs:
+        r.update(train_acc=0.70, gray_test_acc=0.702)
+    _write(tmp_path / "colored_mnist" / "fishr" / "results.jsonl", recs)
+    _write(tmp_path / "colored_mnist" / "erm" / "results.jsonl", [_rec(0, 0.14)])  # n=1: no row
+    proc = cli("report", f"--results_dir={tmp_path}", "--paired_baseline=")
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("Against the published", 1)[1]
+    fishr = next(l for l in table.splitlines() if l.startswith("| fishr"))
+    assert fishr.startswith("| fishr | -1.0 ± 0.0 | -0.5 ± 1.0 | +0.0 ± 0.0 | 2 | test, gray test |"), fishr
+    assert "| erm" not in table

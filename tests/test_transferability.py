@@ -83,6 +83,7 @@ def test_run_saves_params_with_tracking_and_transferability_loads_them(tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = check_outputs(out, ["erm"])
     assert all(r["settings"]["ascent_steps"] == 5 for r in first)
+    assert all(r["test_domain"] == rec["test_domain"] for r in first)
 
     # Params are not committed: a fresh clone's `make figures` must keep what was measured.
     (run_dir / "params_restart0.msgpack").unlink()
@@ -99,6 +100,14 @@ def test_run_saves_params_with_tracking_and_transferability_loads_them(tmp_path,
     assert "none of the saved models has its params file" in proc.stderr.splitlines()[-1]
     assert "Traceback" not in proc.stderr
     assert read_rows(out / "transferability.jsonl") == first
+
+    # Rows of a model trained before the test-domain fix (no test_domain) measured other
+    # target images: they never stand in for the re-trained restart of the same seeds.
+    pre_fix = [{k: v for k, v in r.items() if k != "test_domain"} for r in first]
+    (out / "transferability.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pre_fix))
+    proc = cli("transferability", *measure)
+    assert proc.returncode == 2, proc.stderr
+    assert "no params file and no earlier rows for restart(s) 0 " in proc.stderr
 
 
 @pytest.mark.parametrize("args,message", [

@@ -52,13 +52,18 @@ def _irm_env(name, rng, images, digits, flip) -> tuple[Environment, np.ndarray]:
 
 
 def _irm_envs(train_parts, test_part, seeds) -> list[Environment]:
-    """Two training environments, the e=0.9 test domain and its gray twin."""
+    """Two training environments, the e=0.9 test domain and its gray twin.
+
+    The gray twin is the same images with both channels kept, but, as in the Fishr and
+    authors' scripts (a second make_environment call), with its own label-noise draw: its
+    labels are flipped independently of the colored test domain's (stream 3)."""
     (x0, d0), (x1, d1) = train_parts
     x_test, d_test = test_part
     env0, _ = _irm_env(f"train_{IRM_FLIPS[0]}", seeds[0], x0, d0, IRM_FLIPS[0])
     env1, _ = _irm_env(f"train_{IRM_FLIPS[1]}", seeds[1], x1, d1, IRM_FLIPS[1])
-    test, gray = _irm_env(f"test_{IRM_FLIPS[2]}", seeds[2], x_test, d_test, IRM_FLIPS[2])
-    return [env0, env1, test, Environment("gray_test", gray, test.labels)]
+    test, _ = _irm_env(f"test_{IRM_FLIPS[2]}", seeds[2], x_test, d_test, IRM_FLIPS[2])
+    relabeled, gray = _irm_env("gray_test", seeds[3], x_test, d_test, IRM_FLIPS[2])
+    return [env0, env1, test, Environment("gray_test", gray, relabeled.labels)]
 
 
 def colored_mnist(mnist: Mnist, seed: int) -> list[Environment]:
@@ -68,7 +73,7 @@ def colored_mnist(mnist: Mnist, seed: int) -> list[Environment]:
     train[::2] and train[1::2]; the last 1/6 (images 50,000-59,999, unshuffled) is the test
     domain in every restart, as in the IRM, Fishr and authors' scripts.
     """
-    shuffle, seeds = _streams(seed, 3)
+    shuffle, seeds = _streams(seed, 4)
     (x, d), test = _irm_holdout(mnist, shuffle)
     return _irm_envs([(x[::2], d[::2]), (x[1::2], d[1::2])], test, seeds)
 
@@ -96,7 +101,7 @@ def label_shift_indices(digits: np.ndarray, split: str) -> tuple[np.ndarray, np.
 def colored_mnist_label_shift(mnist: Mnist, seed: int, split: str = "intended"
                               ) -> list[Environment]:
     """Label-shift ColoredMNIST: as colored_mnist, but env0/env1 split by digit class."""
-    shuffle, seeds = _streams(seed, 3)
+    shuffle, seeds = _streams(seed, 4)
     (x, d), test = _irm_holdout(mnist, shuffle)
     idx0, idx1 = label_shift_indices(d, split)
     return _irm_envs([(x[idx0], d[idx0]), (x[idx1], d[idx1])], test, seeds)

@@ -40,10 +40,22 @@ def _order(methods):
     return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
 
 
+# Records written before issue 17 carry no ``test_domain``: each restart tested on a random
+# 10,000 of MNIST's 60,000 training images instead of the scripts' fixed images 50,000-59,999.
+PRE_FIX_TEST_DOMAIN = "random 10k (before the fix)"
+
+
+def test_domain(records) -> str:
+    """Which test images a method's restarts used, as the table prints it."""
+    domains = {r.get("test_domain") or PRE_FIX_TEST_DOMAIN for r in records}
+    return domains.pop() if len(domains) == 1 else "mixed: " + ", ".join(sorted(domains))
+
+
 def dataset_table(dataset, runs, expected):
     lines = [f"**{dataset}**", "",
              "| method | train acc | test acc | gray test acc | restarts | step time | "
-             "published (train / test / gray) |", "|---|---|---|---|---|---|---|"]
+             "test domain | published (train / test / gray) |",
+             "|---|---|---|---|---|---|---|---|"]
     for method in _order(runs):
         records = runs[method]
         row = summary_row(records)
@@ -54,13 +66,50 @@ def dataset_table(dataset, runs, expected):
             restarts += f" (incomplete: {len(records)} of {expected} run)"
         published = PUBLISHED.get(method, "") if dataset == "colored_mnist" else ""
         lines.append(f"| {method} | {row['train_acc']} | {row['test_acc']} | "
-                     f"{row['gray_test_acc']} | {restarts} | {step:.2f} s | {published} |")
+                     f"{row['gray_test_acc']} | {restarts} | {step:.2f} s | "
+                     f"{test_domain(records)} | {published} |")
     return "\n".join(lines) + "\n"
 
 
+def _mean_se(values):
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def published_table(runs) -> str:
+    """Each method with a published row: our mean minus the published mean, in points, ± the
+    standard error of our mean (sample std / sqrt(n)), and which columns lie within one
+    standard error. Methods with fewer than 2 finished restarts are left out."""
+    rows = []
+    for method in _order(runs):
+        if method not in PUBLISHED:
+            continue
+        ok = [r for r in runs[method] if r["status"] == "ok"]
+        if len(ok) < 2:
+            continue
+        cells, within = [], []
+        for (key, title), pub in zip(SUMMARY_COLUMNS, PUBLISHED[method].split(" / ")):
+            m, se = _mean_se([100 * r[key] for r in ok])
+            d = m - float(pub)
+            cells.append(f"{(d if round(d, 1) else 0.0):+.1f} ± {se:.1f}")
+            if abs(round(d, 1)) <= round(se, 1):     # as printed, so the table agrees
+                within.append(title.replace(" acc", ""))
+        rows.append(f"| {method} | " + " | ".join(cells) + f" | {len(ok)} | "
+                    f"{', '.join(within) or 'none'} | {test_domain(runs[method])} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "Against the published rows: our mean minus the published mean, in points ± the "
+        "standard error of our mean.", "",
+        "| method | train acc | test acc | gray test acc | restarts | within one s.e. | "
+        "test domain |", "|---|---|---|---|---|---|---|", *rows]) + "\n"
+
+
 def _pairing_key(record):
-    # Restart r of base seed s draws the same data and the same init key for every method.
-    return record.get("seed"), record.get("data_seed", record["restart"])
+    # Restart r of base seed s draws the same data and the same init key for every method,
+    # but records from before the test-domain fix were tested on other images.
+    return (record.get("seed"), record.get("data_seed", record["restart"]),
+            record.get("test_domain"))
 
 
 def paired_differences(records, baseline_records):
@@ -114,6 +163,10 @@ def report(results_dir, expected=None, paired_baseline="fishr", datasets=None):
     for d in sorted(found):
         parts.append(dataset_table(d, found[d], expected or EXPECTED_RESTARTS.get(
             d.split("_intended")[0].split("_reference")[0])))
+        if d == "colored_mnist":
+            published = published_table(found[d])
+            if published:
+                parts.append(published)
         if paired_baseline and paired_baseline in found[d]:
             paired = paired_table(found[d], paired_baseline)
             if paired:

@@ -27,7 +27,7 @@ from hjax.io.results import read_jsonl, write_atomic, write_jsonl
 from hjax.models import irm_mlp
 from hjax.protocols import sharding
 from hjax.protocols.irm_cmnist import train
-from hjax.protocols.irm_cmnist.experiment import data_seed
+from hjax.protocols.irm_cmnist.experiment import TEST_DOMAIN, data_seed
 
 _LOG = logging.getLogger("hjax")
 
@@ -100,7 +100,8 @@ def _options(dataset, split):
 
 
 def trained_models(f, mnist, log=_LOG.info, warn=_LOG.warning):
-    """Yields (method, restart, data_seed, model, params, envs, info), training each model."""
+    """Yields (method, restart, data_seed, test_domain, model, params, envs, info, None),
+    training each model."""
     import jax
 
     info = data.dataset_info(f.dataset)
@@ -122,7 +123,7 @@ def trained_models(f, mnist, log=_LOG.info, warn=_LOG.warning):
                 continue
             log(f"{method} restart {r}: train acc {rec['train_acc']:.4f}, "
                 f"test acc {rec['test_acc']:.4f}")
-            yield method, r, seed, model, final["params"], envs, info, None
+            yield method, r, seed, TEST_DOMAIN, model, final["params"], envs, info, None
 
 
 # Rows written before the settings were recorded came from `make figures`, i.e. the defaults.
@@ -136,7 +137,9 @@ def measure_settings(f) -> dict:
 
 
 def _model_key(row) -> tuple:
-    return row["dataset"], row["method"], row["restart"], row["data_seed"]
+    # Models trained before the test-domain fix (no ``test_domain``) were measured against
+    # other target images: their rows never stand in for a re-trained model's.
+    return row["dataset"], row["method"], row["restart"], row["data_seed"], row.get("test_domain")
 
 
 def previous_rows(out_dir: str, settings: dict, warn=_LOG.warning) -> dict:
@@ -174,11 +177,12 @@ def saved_models(f, mnist, methods_given: bool, previous: dict, deltas, warn=_LO
                 continue
             found += 1
             info = data.dataset_info(rec["dataset"])
-            key = (info.name, rec["method"], rec["restart"], rec["data_seed"])
+            key = (info.name, rec["method"], rec["restart"], rec["data_seed"],
+                   rec.get("test_domain"))
             old = {row["delta"]: row for row in previous.get(key, [])}
             if all(delta in old for delta in deltas):
-                yield (rec["method"], rec["restart"], rec["data_seed"], None, None, None,
-                       info, [old[delta] for delta in deltas])
+                yield (rec["method"], rec["restart"], rec["data_seed"], rec.get("test_domain"),
+                       None, None, None, info, [old[delta] for delta in deltas])
                 continue
             params_path = os.path.join(d, rec["params_file"])
             if not os.path.isfile(params_path):
@@ -189,7 +193,7 @@ def saved_models(f, mnist, methods_given: bool, previous: dict, deltas, warn=_LO
             options = {"split": rec["split"]} if rec.get("split") else {}
             envs = data.make_environments(rec["dataset"], seed=rec["data_seed"], mnist=mnist,
                                           **options)
-            yield (rec["method"], rec["restart"], rec["data_seed"],
+            yield (rec["method"], rec["restart"], rec["data_seed"], rec.get("test_domain"),
                    irm_mlp(rec["hparams"]["hidden_dim"]), params, envs, info, None)
         if missing:
             warn(f"warning: {d}: no params file and no earlier rows for restart(s) "
@@ -214,7 +218,7 @@ def run(f: TransferStudyConfig, log: Callable[[str], None] = _LOG.info,
               else trained_models(f, mnist, log, warn))
     out_path = os.path.join(out_dir, "transferability.jsonl")
     rows, done = [], set()
-    for method, r, seed, model, params, envs, info, old_rows in models:
+    for method, r, seed, domain, model, params, envs, info, old_rows in models:
         if old_rows is not None:
             log(f"{method} restart {r}: kept its {len(old_rows)} earlier rows")
             new_rows = old_rows
@@ -225,12 +229,13 @@ def run(f: TransferStudyConfig, log: Callable[[str], None] = _LOG.info,
                     model, params, envs, info, deltas, key, num_restarts=f.ascent_restarts,
                     num_steps=f.ascent_steps, lr=f.ascent_lr):
                 new_rows.append({"method": method, "restart": r, "data_seed": seed,
-                                 "dataset": info.name, **row, "settings": settings})
+                                 "dataset": info.name, **row, "settings": settings,
+                                 **({"test_domain": domain} if domain else {})})
                 log(f"  delta {row['delta']:g}: measure {row['measure']:.4g}, bound "
                     f"{row['bound']:.4g}, bound+offset {row['corrected_bound']:.4g}, "
                     f"worst-head test acc {row['worst_target_accuracy']:.4f}")
         rows.extend(new_rows)
-        done.add((info.name, method, r, seed))
+        done.add((info.name, method, r, seed, domain))
         # Until the run ends, earlier rows not yet passed are kept too: their params may be
         # gone, so an interrupted run must not drop them.
         pending = [row for k, old in previous.items() if k not in done for row in old]
