@@ -94,6 +94,8 @@ def test_tables():
 def test_plot_cli_writes_figures_and_table(tmp_path, cli):
     write_run(tmp_path / "res" / "erm", [fake_record("erm", 0), fake_record("erm", 1)])
     write_run(tmp_path / "res" / "hgp", [fake_record("hgp", 0)])
+    # A variant of a method in its own folder (run with --alpha=10) is its own run.
+    write_run(tmp_path / "res" / "hgp_alpha10", [fake_record("hgp", 0), fake_record("hgp", 1)])
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TRANSFER_ROWS))
     out = tmp_path / "fig"
     proc = cli("plot", f"--input_dirs={tmp_path}/res/*", f"--transfer_file={tmp_path}/t.jsonl",
@@ -104,6 +106,7 @@ def test_plot_cli_writes_figures_and_table(tmp_path, cli):
         assert png_size(out / name) == (180, 120)
     table = (out / "distances.md").read_text()
     assert "| erm | 2/2 |" in table and "| hgp | 1/1 |" in table
+    assert "| hgp_alpha10 | 2/2 |" in table
 
 
 @pytest.mark.parametrize("args,message", [

@@ -131,3 +131,12 @@ def test_published_table_gives_distance_and_standard_error(tmp_path, cli):
     fishr = next(l for l in table.splitlines() if l.startswith("| fishr"))
     assert fishr.startswith("| fishr | -1.0 ± 0.0 | -0.5 ± 1.0 | +0.0 ± 0.0 | 2 | test, gray test |"), fishr
     assert "| erm" not in table
+
+
+def test_folders_of_runs_before_the_fix_keep_their_protocol():
+    from hjax.io.reports import protocol_of
+    assert protocol_of("colored_mnist_before_fix") == "colored_mnist"
+    assert protocol_of("colored_mnist_label_shift_intended_before_fix") == \
+        "colored_mnist_label_shift"
+    assert protocol_of("colored_mnist_label_shift_reference") == "colored_mnist_label_shift"
+    assert protocol_of("colored_mnist") == "colored_mnist"

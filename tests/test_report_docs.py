@@ -99,7 +99,7 @@ def test_repository_readme_and_docs_tables_are_current():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250
     assert re.match(r"# hjax\n\n```\nmake run +# .*\nmake test +# .*\n```\n", readme)
-    headline = _block(readme, " datasets=colored_mnist paired=")
+    headline = _block(readme, " datasets=colored_mnist,colored_mnist_before_fix paired=")
     page = _block((ROOT / "docs" / "reproduction.md").read_text())
     printed = _report().stdout
     assert page.strip() == printed.strip()

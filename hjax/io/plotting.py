@@ -54,19 +54,20 @@ def expand_dirs(specs: Iterable[str]) -> list[str]:
 
 
 def load_runs(dirs: Sequence[str]) -> dict[str, list[dict]]:
-    """method -> restart records, from ``<dir>/results.jsonl`` of each directory.
+    """run name -> restart records, from ``<dir>/results.jsonl`` of each directory.
 
-    The method is the records' ``method`` field (the directory name if absent); directories
-    without a results.jsonl are skipped.
+    A run is named by its directory, as in report.py's tables (``make reproduce`` names it
+    after the method), so variants of one method in their own folders (``hgp_alpha10``, a
+    method run with --alpha=10) stay separate curves. Directories without a results.jsonl
+    are skipped.
     """
     runs: dict[str, list[dict]] = {}
     for d in dirs:
         path = os.path.join(d, "results.jsonl")
         if not os.path.isfile(path):
             continue
-        for rec in read_jsonl(path):
-            method = rec.get("method") or os.path.basename(os.path.normpath(d))
-            runs.setdefault(method, []).append(rec)
+        name = os.path.basename(os.path.normpath(d))
+        runs.setdefault(name, []).extend(read_jsonl(path))
     return runs
 
 

@@ -40,6 +40,20 @@ def _order(methods):
     return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
 
 
+# Folder suffix of the runs kept from before the test-domain fix (issue 17), e.g.
+# results/colored_mnist_before_fix/<method>: complete tables, but on other test images.
+BEFORE_FIX_SUFFIX = "_before_fix"
+
+
+def protocol_of(dataset: str) -> str:
+    """The protocol a results folder holds: its name without the before-fix and split suffixes
+    ("colored_mnist_label_shift_intended_before_fix" -> "colored_mnist_label_shift")."""
+    name = dataset.removesuffix(BEFORE_FIX_SUFFIX)
+    for split in ("_intended", "_reference"):
+        name = name.removesuffix(split)
+    return name
+
+
 # Records written before issue 17 carry no ``test_domain``: each restart tested on a random
 # 10,000 of MNIST's 60,000 training images instead of the scripts' fixed images 50,000-59,999.
 PRE_FIX_TEST_DOMAIN = "random 10k (before the fix)"
@@ -64,7 +78,7 @@ def dataset_table(dataset, runs, expected):
         restarts = row["restarts"]
         if expected and len(records) < expected:
             restarts += f" (incomplete: {len(records)} of {expected} run)"
-        published = PUBLISHED.get(method, "") if dataset == "colored_mnist" else ""
+        published = PUBLISHED.get(method, "") if protocol_of(dataset) == "colored_mnist" else ""
         lines.append(f"| {method} | {row['train_acc']} | {row['test_acc']} | "
                      f"{row['gray_test_acc']} | {restarts} | {step:.2f} s | "
                      f"{test_domain(records)} | {published} |")
@@ -162,8 +176,8 @@ def report(results_dir, expected=None, paired_baseline="fishr", datasets=None):
     parts = []
     for d in sorted(found):
         parts.append(dataset_table(d, found[d], expected or EXPECTED_RESTARTS.get(
-            d.split("_intended")[0].split("_reference")[0])))
-        if d == "colored_mnist":
+            protocol_of(d))))
+        if protocol_of(d) == "colored_mnist":
             published = published_table(found[d])
             if published:
                 parts.append(published)
