@@ -128,26 +128,25 @@ def _fast_compile_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("fast-compile-jax-cache"))
 
 
+def _fast_compile_if_marked(request, cache):
+    marked = request.node.get_closest_marker("fast_compile") is not None
+    if marked:
+        _fast_compile.enter(cache)
+    yield
+    if marked:
+        _fast_compile.exit()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _fast_compile_module(request, _fast_compile_cache):
     # Module scope (and autouse, so before the module's other module-scoped fixtures):
     # expensive module-scoped set-ups of a marked module compile cheaply too.
-    marked = request.node.get_closest_marker("fast_compile") is not None
-    if marked:
-        _fast_compile.enter(_fast_compile_cache)
-    yield
-    if marked:
-        _fast_compile.exit()
+    yield from _fast_compile_if_marked(request, _fast_compile_cache)
 
 
 @pytest.fixture(autouse=True)
 def _fast_compile_test(request, _fast_compile_cache):
-    marked = request.node.get_closest_marker("fast_compile") is not None
-    if marked:
-        _fast_compile.enter(_fast_compile_cache)
-    yield
-    if marked:
-        _fast_compile.exit()
+    yield from _fast_compile_if_marked(request, _fast_compile_cache)
 
 
 CliResult = collections.namedtuple("CliResult", "returncode stdout stderr")
