@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -35,7 +36,7 @@ def read_rows(path):
 
 def check_outputs(out, methods, n_deltas=2):
     rows = read_rows(out / "transferability.jsonl")
-    assert sorted({r["method"] for r in rows}) == sorted(methods)
+    assert sorted({r.get("run", r["method"]) for r in rows}) == sorted(methods)
     assert len(rows) == n_deltas * len(methods)
     for r in rows:
         for k in ("measure", "bound", "corrected_bound", "hessian_spectral",
@@ -76,27 +77,34 @@ def test_run_saves_params_with_tracking_and_transferability_loads_them(tmp_path,
     params = params_io.load_params(str(run_dir / rec["params_file"]))
     assert params["classifier"]["kernel"].shape == (16, 1)
     assert np.all(np.isfinite(params["classifier"]["kernel"]))
+    # A variant of the method in its own folder (as hgp_alpha10 is HGP's): rows are named by
+    # folder, as report.py's and plot.py's are, so the two runs are not merged.
+    variant_dir = tmp_path / "runs" / "erm_variant"
+    shutil.copytree(run_dir, variant_dir)
 
     out = tmp_path / "transfer"
     measure = [*TINY, f"--input_dirs={tmp_path}/runs/*", f"--output_dir={out}"]
     proc = cli("transferability", *measure)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    first = check_outputs(out, ["erm"])
+    first = check_outputs(out, ["erm", "erm_variant"])
+    assert {r["method"] for r in first} == {"erm"}
     assert all(r["settings"]["ascent_steps"] == 5 for r in first)
     assert all(r["test_domain"] == rec["test_domain"] for r in first)
 
     # Params are not committed: a fresh clone's `make figures` must keep what was measured.
-    (run_dir / "params_restart0.msgpack").unlink()
+    for d in (run_dir, variant_dir):
+        (d / "params_restart0.msgpack").unlink()
     proc = cli("transferability", *measure)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "erm restart 0: kept its 2 earlier rows" in proc.stdout
+    assert "erm_variant restart 0: kept its 2 earlier rows" in proc.stdout
     assert read_rows(out / "transferability.jsonl") == first
-    check_outputs(out, ["erm"])
+    check_outputs(out, ["erm", "erm_variant"])
 
     # Other ascent settings do not reuse them; with no params left there is nothing to measure.
     proc = cli("transferability", *measure, "--ascent_steps=6")
     assert proc.returncode == 2, proc.stderr
-    assert "no params file and no earlier rows for restart(s) 0 " in proc.stderr
+    assert proc.stderr.count("no params file and no earlier rows for restart(s) 0 ") == 2
     assert "none of the saved models has its params file" in proc.stderr.splitlines()[-1]
     assert "Traceback" not in proc.stderr
     assert read_rows(out / "transferability.jsonl") == first

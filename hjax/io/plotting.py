@@ -169,14 +169,20 @@ def plot_hessian_distance(runs, path, *, key="hess_spectral_train", size=DEFAULT
                        title=title)
 
 
+def run_name(row: Mapping) -> str:
+    """The name a transferability row is grouped by: its run (the folder of a saved run, as
+    in load_runs); rows written before rows carried it have only the method."""
+    return row.get("run", row["method"])
+
+
 def transfer_curves(rows: Sequence[dict], key: str) -> dict[str, tuple]:
-    """method -> (deltas, mean, std) of ``key`` over restarts (rows of transferability.jsonl)."""
+    """run -> (deltas, mean, std) of ``key`` over restarts (rows of transferability.jsonl)."""
     out: dict[str, dict[float, list[float]]] = {}
     for row in rows:
         v = row.get(key)
         if v is None or not math.isfinite(v):
             continue
-        out.setdefault(row["method"], {}).setdefault(float(row["delta"]), []).append(v)
+        out.setdefault(run_name(row), {}).setdefault(float(row["delta"]), []).append(v)
     result = {}
     for method, by_delta in out.items():
         deltas = np.array(sorted(by_delta))
@@ -250,7 +256,8 @@ def final_distance_table(runs: Mapping[str, Sequence[dict]]) -> str:
 
 
 def transfer_table(rows: Sequence[dict]) -> str:
-    """Markdown: per method and delta, mean ± std over restarts of the transfer results."""
+    """Markdown: per run (see run_name) and delta, mean ± std over restarts of the transfer
+    results."""
     cols = (("measure", "transfer measure"), ("bound", "bound"),
             ("corrected_bound", "bound + offset"), ("gap_sup", "sup (L_T − L_S)"),
             ("worst_target_accuracy", "worst-head test acc"),
@@ -259,7 +266,7 @@ def transfer_table(rows: Sequence[dict]) -> str:
              "|" + "---|" * (len(cols) + 3)]
     groups: dict[tuple[str, float], list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["method"], float(row["delta"])), []).append(row)
+        groups.setdefault((run_name(row), float(row["delta"])), []).append(row)
     for (method, delta), group in groups.items():
         cells = [_fmt([r.get(k) for r in group]) for k, _ in cols]
         lines.append(f"| {method} | {delta:g} | {len(group)} | " + " | ".join(cells) + " |")

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import logging
 import os
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 
@@ -95,13 +95,28 @@ def validate(f) -> list[float]:
     return parse_deltas(f.deltas)
 
 
+class _Model(NamedTuple):
+    """One model to measure. ``run`` names its rows in the table and figure: the method when
+    the study trains it, the run's folder when it was saved by run.py (as in report.py, so
+    ``hgp_alpha10`` is not merged into ``hgp``). ``old_rows`` are its earlier rows, if kept."""
+    run: str
+    method: str
+    restart: int
+    data_seed: int
+    test_domain: str | None
+    model: Any
+    params: Any
+    envs: Any
+    info: Any
+    old_rows: list | None
+
+
 def _options(dataset, split):
     return {"split": split} if dataset == "colored_mnist_label_shift" else {}
 
 
 def trained_models(f, mnist, log=_LOG.info, warn=_LOG.warning):
-    """Yields (method, restart, data_seed, test_domain, model, params, envs, info, None),
-    training each model."""
+    """Yields a _Model per method and restart, training each model."""
     import jax
 
     info = data.dataset_info(f.dataset)
@@ -123,7 +138,8 @@ def trained_models(f, mnist, log=_LOG.info, warn=_LOG.warning):
                 continue
             log(f"{method} restart {r}: train acc {rec['train_acc']:.4f}, "
                 f"test acc {rec['test_acc']:.4f}")
-            yield method, r, seed, TEST_DOMAIN, model, final["params"], envs, info, None
+            yield _Model(method, method, r, seed, TEST_DOMAIN, model, final["params"], envs,
+                         info, None)
 
 
 # Rows written before the settings were recorded came from `make figures`, i.e. the defaults.
@@ -139,7 +155,8 @@ def measure_settings(f) -> dict:
 def _model_key(row) -> tuple:
     # Models trained before the test-domain fix (no ``test_domain``) were measured against
     # other target images: their rows never stand in for a re-trained model's.
-    return row["dataset"], row["method"], row["restart"], row["data_seed"], row.get("test_domain")
+    return (row["dataset"], plotting.run_name(row), row["restart"], row["data_seed"],
+            row.get("test_domain"))
 
 
 def previous_rows(out_dir: str, settings: dict, warn=_LOG.warning) -> dict:
@@ -160,8 +177,8 @@ def previous_rows(out_dir: str, settings: dict, warn=_LOG.warning) -> dict:
 
 
 def saved_models(f, mnist, methods_given: bool, previous: dict, deltas, warn=_LOG.warning):
-    """Yields the same tuples from run.py output directories with saved params, plus the
-    model's earlier rows (or None): models with rows for every delta in `previous` are not
+    """Yields a _Model per restart saved in run.py output directories, named by folder, with
+    its earlier rows (or None): models with rows for every delta in `previous` are not
     loaded; models with neither rows nor a params file are skipped with a warning."""
     dirs = plotting.expand_dirs(f.input_dirs)
     found = 0
@@ -170,6 +187,7 @@ def saved_models(f, mnist, methods_given: bool, previous: dict, deltas, warn=_LO
         if not os.path.isfile(path):
             continue
         missing = []
+        name = os.path.basename(os.path.normpath(d))
         for rec in read_jsonl(path):
             if rec.get("status") != "ok" or not rec.get("params_file"):
                 continue
@@ -177,12 +195,12 @@ def saved_models(f, mnist, methods_given: bool, previous: dict, deltas, warn=_LO
                 continue
             found += 1
             info = data.dataset_info(rec["dataset"])
-            key = (info.name, rec["method"], rec["restart"], rec["data_seed"],
-                   rec.get("test_domain"))
+            key = (info.name, name, rec["restart"], rec["data_seed"], rec.get("test_domain"))
             old = {row["delta"]: row for row in previous.get(key, [])}
             if all(delta in old for delta in deltas):
-                yield (rec["method"], rec["restart"], rec["data_seed"], rec.get("test_domain"),
-                       None, None, None, info, [old[delta] for delta in deltas])
+                yield _Model(name, rec["method"], rec["restart"], rec["data_seed"],
+                             rec.get("test_domain"), None, None, None, info,
+                             [old[delta] for delta in deltas])
                 continue
             params_path = os.path.join(d, rec["params_file"])
             if not os.path.isfile(params_path):
@@ -193,8 +211,9 @@ def saved_models(f, mnist, methods_given: bool, previous: dict, deltas, warn=_LO
             options = {"split": rec["split"]} if rec.get("split") else {}
             envs = data.make_environments(rec["dataset"], seed=rec["data_seed"], mnist=mnist,
                                           **options)
-            yield (rec["method"], rec["restart"], rec["data_seed"], rec.get("test_domain"),
-                   irm_mlp(rec["hparams"]["hidden_dim"]), params, envs, info, None)
+            yield _Model(name, rec["method"], rec["restart"], rec["data_seed"],
+                         rec.get("test_domain"), irm_mlp(rec["hparams"]["hidden_dim"]), params,
+                         envs, info, None)
         if missing:
             warn(f"warning: {d}: no params file and no earlier rows for restart(s) "
                  f"{','.join(map(str, missing))} (params are not committed; rerun run.py "
@@ -218,24 +237,26 @@ def run(f: TransferStudyConfig, log: Callable[[str], None] = _LOG.info,
               else trained_models(f, mnist, log, warn))
     out_path = os.path.join(out_dir, "transferability.jsonl")
     rows, done = [], set()
-    for method, r, seed, domain, model, params, envs, info, old_rows in models:
-        if old_rows is not None:
-            log(f"{method} restart {r}: kept its {len(old_rows)} earlier rows")
-            new_rows = old_rows
+    for m in models:
+        r = m.restart
+        if m.old_rows is not None:
+            log(f"{m.run} restart {r}: kept its {len(m.old_rows)} earlier rows")
+            new_rows = m.old_rows
         else:
             key = jax.random.fold_in(jax.random.key(f.seed + 1), r)
             new_rows = []
             for row in transferability.evaluate_model(
-                    model, params, envs, info, deltas, key, num_restarts=f.ascent_restarts,
-                    num_steps=f.ascent_steps, lr=f.ascent_lr):
-                new_rows.append({"method": method, "restart": r, "data_seed": seed,
-                                 "dataset": info.name, **row, "settings": settings,
-                                 **({"test_domain": domain} if domain else {})})
+                    m.model, m.params, m.envs, m.info, deltas, key,
+                    num_restarts=f.ascent_restarts, num_steps=f.ascent_steps, lr=f.ascent_lr):
+                new_rows.append({"method": m.method, "run": m.run, "restart": r,
+                                 "data_seed": m.data_seed, "dataset": m.info.name, **row,
+                                 "settings": settings,
+                                 **({"test_domain": m.test_domain} if m.test_domain else {})})
                 log(f"  delta {row['delta']:g}: measure {row['measure']:.4g}, bound "
                     f"{row['bound']:.4g}, bound+offset {row['corrected_bound']:.4g}, "
                     f"worst-head test acc {row['worst_target_accuracy']:.4f}")
         rows.extend(new_rows)
-        done.add((info.name, method, r, seed, domain))
+        done.add((m.info.name, m.run, r, m.data_seed, m.test_domain))
         # Until the run ends, earlier rows not yet passed are kept too: their params may be
         # gone, so an interrupted run must not drop them.
         pending = [row for k, old in previous.items() if k not in done for row in old]
