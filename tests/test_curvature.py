@@ -41,7 +41,7 @@ def test_hvp_equals_dense_hessian_times_v(sizes):
     x = jax.random.normal(jax.random.fold_in(key, 99), (7, sizes[0]))
     v = hjax.rademacher_like(jax.random.fold_in(key, 5), params)
     flat, unravel = ravel_pytree(params)
-    dense = jax.hessian(lambda p: _mlp_loss(unravel(p), x))(flat)
+    dense = jax.jit(jax.hessian(lambda p: _mlp_loss(unravel(p), x)))(flat)
     expected = unravel(dense @ ravel_pytree(v)[0])
     got = hjax.hvp(lambda p: _mlp_loss(p, x), params, v)
     chex.assert_trees_all_equal_shapes(got, params)
@@ -56,7 +56,7 @@ def test_exact_diag_equals_dense_diagonal(chunk_size):
     params = _mlp_params(jax.random.key(3), (4, 5, 3))
     x = jax.random.normal(jax.random.key(4), (9, 4))
     flat, unravel = ravel_pytree(params)
-    dense = jax.hessian(lambda p: _mlp_loss(unravel(p), x))(flat)
+    dense = jax.jit(jax.hessian(lambda p: _mlp_loss(unravel(p), x)))(flat)
     got = jax.jit(lambda p: exact_hessian_diag(lambda q: _mlp_loss(q, x), p,
                                                chunk_size=chunk_size))(params)
     chex.assert_trees_all_close(ravel_pytree(got)[0], jnp.diag(dense), rtol=1e-4, atol=1e-6)
