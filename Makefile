@@ -87,15 +87,18 @@ pacs-mini: setup
 report: setup
 	$(PY) experiments/report.py --update_readme
 
-# The README's alignment figures and transferability table from the saved ColoredMNIST runs
-# (transferability: about a minute per saved model on 2 CPU cores). The committed ones come
-# from the complete runs before the test-domain fix: make figures FIGURES_FROM=results/colored_mnist_before_fix
+# The alignment figures and transferability table of a folder of saved ColoredMNIST runs
+# (transferability: about a minute per saved model on 2 CPU cores), written to
+# results/{transferability,figures}/<folder name>, one pair of folders per set of runs:
+# make figures FIGURES_FROM=results/colored_mnist_before_fix gives the ones docs/understanding.md shows.
 FIGURES_FROM ?= results/colored_mnist
+FIGURES_NAME = $(notdir $(patsubst %/,%,$(FIGURES_FROM)))
 figures: data
 	$(PY) experiments/transferability.py --input_dirs='$(FIGURES_FROM)/*' \
-	  --output_dir=results/transferability
+	  --output_dir=results/transferability/$(FIGURES_NAME)
 	$(PY) experiments/plot.py --input_dirs='$(FIGURES_FROM)/*' \
-	  --transfer_file=results/transferability/transferability.jsonl --output_dir=results/figures
+	  --transfer_file=results/transferability/$(FIGURES_NAME)/transferability.jsonl \
+	  --output_dir=results/figures/$(FIGURES_NAME)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -1,7 +1,7 @@
 """PNG figures and a Markdown table from experiments/run.py results (one directory per method).
 
     python experiments/plot.py --input_dirs='results/colored_mnist/*' --output_dir=figures \
-        [--transfer_file=results/transferability/transferability.jsonl]
+        [--transfer_file=results/transferability/colored_mnist/transferability.jsonl]
 
 Writes to --output_dir:
   test_acc.png             test accuracy over steps, one line per method (mean ± std)

@@ -3,7 +3,7 @@
 Trains the models itself (same protocol, seeds and data as experiments/run.py):
 
     python experiments/transferability.py --methods=erm,hgp,hutchinson --restarts=3 \
-        --deltas=0.1,0.3,1,3 --output_dir=results/transferability
+        --deltas=0.1,0.3,1,3 --output_dir=runs/transferability
 
 or evaluates models that run.py saved with --save_params:
 
