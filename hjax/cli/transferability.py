@@ -17,8 +17,9 @@ with a warning: `make figures` on a fresh clone adds what is new and loses nothi
 For each model and delta: hjax.core.diagnostics.transfer_measure over the ball of heads of radius
 delta around the trained head, on the features of the trained featurizer (hjax.analysis.transferability).
 Writes <output_dir>/transferability.jsonl (one row per run, restart and delta; a run is the
-method, or with --input_dirs the folder it was saved in), transferability.md (mean ± std over restarts) and transferability.png (measure and bounds
-against delta; experiments/plot.py --transfer_file draws the same figure).
+method, or with --input_dirs the folder it was saved in), transferability.md (mean ± std over
+restarts) and transferability.png (measure and bounds against delta; experiments/plot.py
+--transfer_file draws the same figure).
 """
 
 from __future__ import annotations

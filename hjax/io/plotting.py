@@ -171,7 +171,7 @@ def plot_hessian_distance(runs, path, *, key="hess_spectral_train", size=DEFAULT
 
 def run_name(row: Mapping) -> str:
     """The name a transferability row is grouped by: its run (the folder of a saved run, as
-    in load_runs); rows written before rows carried it have only the method."""
+    in load_runs), or its method for rows written before rows named their run."""
     return row.get("run", row["method"])
 
 
@@ -184,10 +184,10 @@ def transfer_curves(rows: Sequence[dict], key: str) -> dict[str, tuple]:
             continue
         out.setdefault(run_name(row), {}).setdefault(float(row["delta"]), []).append(v)
     result = {}
-    for method, by_delta in out.items():
+    for run, by_delta in out.items():
         deltas = np.array(sorted(by_delta))
         stats = [mean_std(by_delta[d]) for d in deltas]
-        result[method] = (deltas, np.array([m for m, _ in stats]),
+        result[run] = (deltas, np.array([m for m, _ in stats]),
                           np.array([s for _, s in stats]))
     return result
 

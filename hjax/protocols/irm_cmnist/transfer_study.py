@@ -117,8 +117,6 @@ def _options(dataset, split):
 
 def trained_models(f, mnist, log=_LOG.info, warn=_LOG.warning):
     """Yields a _Model per method and restart, training each model."""
-    import jax
-
     info = data.dataset_info(f.dataset)
     mesh = sharding.make_mesh(f.num_devices)
     for method in f.methods:
@@ -207,7 +205,6 @@ def saved_models(f, mnist, methods_given: bool, previous: dict, deltas, warn=_LO
                 missing.append(rec["restart"])
                 continue
             params = params_io.load_params(params_path)
-            info = data.dataset_info(rec["dataset"])
             options = {"split": rec["split"]} if rec.get("split") else {}
             envs = data.make_environments(rec["dataset"], seed=rec["data_seed"], mnist=mnist,
                                           **options)
