@@ -140,3 +140,29 @@ def test_folders_of_runs_before_the_fix_keep_their_protocol():
         "colored_mnist_label_shift"
     assert protocol_of("colored_mnist_label_shift_reference") == "colored_mnist_label_shift"
     assert protocol_of("colored_mnist") == "colored_mnist"
+
+
+def test_published_gap_table_pairs_with_erm_and_subtracts_the_published_gap(tmp_path, cli):
+    # Published ERM 86.4 / 14.0 / 71.0, IRM 71.0 / 65.6 / 66.1: gaps -15.4 / +51.6 / -4.9.
+    def rec(restart, train, test, gray):
+        return {"status": "ok", "restart": restart, "seed": 0, "data_seed": restart,
+                "train_acc": train, "test_acc": test, "gray_test_acc": gray,
+                "step_time_s": 1.0}
+
+    _write(tmp_path / "colored_mnist" / "erm" / "results.jsonl",
+           [rec(0, 0.864, 0.14, 0.71), rec(1, 0.864, 0.16, 0.72), rec(2, 0.864, 0.13, 0.70)])
+    # IRM - ERM per restart: train -15.4 each; test +51, +52, +53 (mean +52.0, s.e. 0.577);
+    # gray -3.9, -3.9, -3.9 (1.0 above the published gap, s.e. 0).
+    _write(tmp_path / "colored_mnist" / "irm" / "results.jsonl",
+           [rec(0, 0.710, 0.65, 0.671), rec(1, 0.710, 0.68, 0.681), rec(2, 0.710, 0.66, 0.661)])
+    proc = cli("report", f"--results_dir={tmp_path}", "--paired_baseline=")
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("Against the published gaps to erm", 1)[1]
+    irm = next(l for l in table.splitlines() if l.startswith("| irm"))
+    assert irm == ("| irm | +0.0 ± 0.0 (-15.4 vs -15.4) | +0.4 ± 0.6 (+52.0 vs +51.6) | "
+                   "+1.0 ± 0.0 (-3.9 vs -4.9) | 3 | train, test |"), irm
+    assert "| erm" not in table
+    # No ERM restarts, no gap table.
+    (tmp_path / "colored_mnist" / "erm" / "results.jsonl").unlink()
+    proc = cli("report", f"--results_dir={tmp_path}", "--paired_baseline=")
+    assert proc.returncode == 0 and "published gaps" not in proc.stdout
