@@ -140,6 +140,7 @@ def test_folders_of_runs_before_the_fix_keep_their_protocol():
         "colored_mnist_label_shift"
     assert protocol_of("colored_mnist_label_shift_reference") == "colored_mnist_label_shift"
     assert protocol_of("colored_mnist") == "colored_mnist"
+    assert protocol_of("colored_mnist_tf32") == "colored_mnist"
 
 
 def test_published_gap_table_pairs_with_erm_and_subtracts_the_published_gap(tmp_path, cli):

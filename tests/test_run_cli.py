@@ -49,6 +49,7 @@ def test_tiny_run_writes_complete_results_and_summary(tmp_path):
     (["--steps=0"], "--steps=0 must be a positive integer"),
     (["--restarts=-1"], "--restarts=-1 must be a positive integer"),
     (["--num_probes=0"], "--num_probes=0 must be a positive integer"),
+    (["--matmul=bf16"], "--matmul='bf16' is not valid"),
     (["--output_dir=/proc/forbidden"], "is not writable"),
     (["--no_such_flag=1"], "no_such_flag"),
 ])
@@ -136,6 +137,11 @@ def test_interrupted_run_resumes_from_its_finished_restarts(tmp_path, cli):
     assert proc.returncode == 0 and "starting over" in proc.stderr
     assert [json.loads(l)["hparams"]["lr"] for l in
             (tmp_path / "results.jsonl").read_text().splitlines()] == [0.01, 0.01]
+    # Nor are restarts of the other matmul arithmetic; the TF32 records say so.
+    proc = run(*common, "--restarts=1", "--lr=0.01", "--matmul=tf32")
+    assert proc.returncode == 0 and "starting over" in proc.stderr
+    (rec,) = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert rec["matmul"] == "tf32" and rec["hparams"]["lr"] == 0.01
 
 
 @pytest.mark.fast_compile

@@ -41,6 +41,9 @@ flags.DEFINE_integer("hidden_dim", None, "MLP width (default 390)")
 flags.DEFINE_float("alpha", None, "Hessian-term weight for hgp/hutchinson/exact_diag (default 1)")
 flags.DEFINE_float("beta", None, "gradient-term weight for hgp/hutchinson/exact_diag (default 1)")
 flags.DEFINE_string("curvature", None, "closed_form (default) or autodiff head curvature")
+flags.DEFINE_string("matmul", "fp32",
+                    "fp32, or tf32: the MLP body's matmuls with operands rounded to TF32 "
+                    "(forward and backward), as PyTorch's default on Ampere GPUs up to 1.11")
 flags.DEFINE_integer("log_every", 100, "steps between logged table rows")
 flags.DEFINE_integer("track_alignment_every", 0,
                      "record head-Hessian/gradient distances (train domains; train vs test) "

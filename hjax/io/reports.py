@@ -45,10 +45,15 @@ def _order(methods):
 BEFORE_FIX_SUFFIX = "_before_fix"
 
 
+# Folder suffix of runs with emulated TF32 matmuls (``--matmul=tf32``), e.g.
+# results/colored_mnist_tf32/irm: the same protocol, the published GPU runs' arithmetic.
+TF32_SUFFIX = "_tf32"
+
+
 def protocol_of(dataset: str) -> str:
-    """The protocol a results folder holds: its name without the before-fix and split suffixes
-    ("colored_mnist_label_shift_intended_before_fix" -> "colored_mnist_label_shift")."""
-    name = dataset.removesuffix(BEFORE_FIX_SUFFIX)
+    """The protocol a results folder holds: its name without the before-fix, TF32 and split
+    suffixes ("colored_mnist_label_shift_intended_before_fix" -> "colored_mnist_label_shift")."""
+    name = dataset.removesuffix(BEFORE_FIX_SUFFIX).removesuffix(TF32_SUFFIX)
     for split in ("_intended", "_reference"):
         name = name.removesuffix(split)
     return name

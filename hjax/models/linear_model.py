@@ -11,17 +11,27 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from hjax.models.tf32 import tf32_dot_general
+
+# How the featurizer's matmuls round: float32 throughout, or TF32 operands (hjax.models.tf32).
+MATMULS = ("fp32", "tf32")
+
 
 class MLPFeaturizer(nn.Module):
-    """IRM-protocol MLP body: flatten -> (Dense -> ReLU) x len(hidden)."""
+    """IRM-protocol MLP body: flatten -> (Dense -> ReLU) x len(hidden). ``matmul="tf32"``
+    emulates TF32 matmuls (forward and backward); the params and their init are the same."""
     hidden: Sequence[int] = (390, 390)
+    matmul: str = "fp32"
 
     @nn.compact
     def __call__(self, x):
+        if self.matmul not in MATMULS:
+            raise ValueError(f"unknown matmul {self.matmul!r}; valid: {', '.join(MATMULS)}")
+        dot = tf32_dot_general if self.matmul == "tf32" else None
         h = x.reshape(x.shape[:-3] + (-1,))
         for width in self.hidden:
             h = nn.relu(nn.Dense(width, kernel_init=nn.initializers.xavier_uniform(),
-                                 bias_init=nn.initializers.zeros)(h))
+                                 bias_init=nn.initializers.zeros, dot_general=dot)(h))
         return h
 
 
@@ -62,6 +72,7 @@ class Model:
         return self.head(params["classifier"], self.features(params, images))
 
 
-def irm_mlp(hidden_dim: int = 390) -> Model:
-    """The IRM-protocol ColoredMNIST model: 392 -> 390 -> ReLU -> 390 -> ReLU -> 1."""
-    return Model(MLPFeaturizer((hidden_dim, hidden_dim)), num_outputs=1)
+def irm_mlp(hidden_dim: int = 390, matmul: str = "fp32") -> Model:
+    """The IRM-protocol ColoredMNIST model: 392 -> 390 -> ReLU -> 390 -> ReLU -> 1
+    (``matmul``: see :class:`MLPFeaturizer`)."""
+    return Model(MLPFeaturizer((hidden_dim, hidden_dim), matmul), num_outputs=1)

@@ -16,7 +16,7 @@ from hjax.io import params_io
 from hjax.protocols import sharding
 from hjax.protocols.irm_cmnist import train
 from hjax.errors import ConfigError, check_choice, check_positive, ensure_writable_dir
-from hjax.models import irm_mlp
+from hjax.models import MATMULS, irm_mlp
 from hjax.protocols.irm_cmnist.train import METHODS
 from hjax.io.results import read_jsonl, summary_table, write_atomic, write_jsonl
 
@@ -68,6 +68,9 @@ class ExperimentConfig:
     alpha: float | None = None
     beta: float | None = None
     curvature: str | None = None
+    # "tf32": the featurizer's matmuls in emulated TF32 (hjax.models.tf32), to test what the
+    # published runs' GPU arithmetic does; recorded as the record's "matmul" (absent = fp32).
+    matmul: str = "fp32"
 
 
 class Callbacks:
@@ -102,6 +105,7 @@ def validate(config) -> None:
     check_choice("label_shift_split", config.label_shift_split, SPLITS)
     if config.curvature is not None:
         check_choice("curvature", config.curvature, CURVATURES)
+    check_choice("matmul", getattr(config, "matmul", "fp32"), MATMULS)
     if config.lr is not None and not config.lr > 0:
         raise ConfigError(f"--lr={config.lr} must be > 0")
     if config.num_devices is not None:
@@ -144,7 +148,8 @@ def resumable_records(path: str, config, hp: dict, split, warn=_LOG.warning) -> 
                 and rec.get("method") == config.method and rec.get("seed") == config.seed
                 and rec.get("steps") == config.steps and rec.get("hparams") == hp
                 and rec.get("split") == split
-                and rec.get("test_domain") == TEST_DOMAIN)
+                and rec.get("test_domain") == TEST_DOMAIN
+                and rec.get("matmul", "fp32") == getattr(config, "matmul", "fp32"))
         if not same or i >= config.restarts:
             break
         kept.append(rec)
@@ -169,7 +174,8 @@ def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None)
     info = data.dataset_info(config.dataset)
     mnist = data.fake_mnist() if config.fake_data else data.load_mnist()
     mesh = sharding.make_mesh(config.num_devices)
-    model = irm_mlp(hp["hidden_dim"])
+    matmul = getattr(config, "matmul", "fp32")
+    model = irm_mlp(hp["hidden_dim"], matmul)
     writer = jax.process_index() == 0
     cb.log(f"{config.dataset} / {config.method}: {config.restarts} restarts x {config.steps} steps "
            f"on {mesh.devices.size} {jax.devices()[0].platform} device(s) -> {out_dir}")
@@ -205,7 +211,8 @@ def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None)
         records.append({"dataset": config.dataset, "method": config.method, "restart": r,
                         "seed": config.seed, "data_seed": data_seed(config.seed, r),
                         "split": options.get("split"), "test_domain": TEST_DOMAIN,
-                        "hparams": hp, **rec})
+                        "hparams": hp, **({"matmul": matmul} if matmul != "fp32" else {}),
+                        **rec})
         if writer:
             write_jsonl(os.path.join(out_dir, "results.jsonl"), records)
 
