@@ -95,6 +95,17 @@ def _mean_se(values):
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
+def _published(method):
+    """The published (train, test, gray) means of ``method``, in points."""
+    return [float(x) for x in PUBLISHED[method].split(" / ")]
+
+
+def _distance(d, se):
+    """``d ± se`` as a table prints it (never "-0.0"), and whether |d| <= se as printed, so
+    that the table's "within one s.e." column agrees with its cells."""
+    return f"{(d if round(d, 1) else 0.0):+.1f} ± {se:.1f}", abs(round(d, 1)) <= round(se, 1)
+
+
 def published_table(runs) -> str:
     """Each method with a published row: our mean minus the published mean, in points, ± the
     standard error of our mean (sample std / sqrt(n)), and which columns lie within one
@@ -107,11 +118,11 @@ def published_table(runs) -> str:
         if len(ok) < 2:
             continue
         cells, within = [], []
-        for (key, title), pub in zip(SUMMARY_COLUMNS, PUBLISHED[method].split(" / ")):
+        for (key, title), pub in zip(SUMMARY_COLUMNS, _published(method)):
             m, se = _mean_se([100 * r[key] for r in ok])
-            d = m - float(pub)
-            cells.append(f"{(d if round(d, 1) else 0.0):+.1f} ± {se:.1f}")
-            if abs(round(d, 1)) <= round(se, 1):     # as printed, so the table agrees
+            cell, near = _distance(m - pub, se)
+            cells.append(cell)
+            if near:
                 within.append(title.replace(" acc", ""))
         rows.append(f"| {method} | " + " | ".join(cells) + f" | {len(ok)} | "
                     f"{', '.join(within) or 'none'} | {test_domain(runs[method])} |")
@@ -178,7 +189,7 @@ def published_gap_table(runs, baseline="erm") -> str:
     methods' gaps rather than the level both inherit from a run's draws."""
     if baseline not in runs or baseline not in PUBLISHED:
         return ""
-    base_pub = [float(x) for x in PUBLISHED[baseline].split(" / ")]
+    base_pub = _published(baseline)
     rows = []
     for method in _order(runs):
         if method == baseline or method not in PUBLISHED:
@@ -186,14 +197,12 @@ def published_gap_table(runs, baseline="erm") -> str:
         diff = paired_differences(runs[method], runs[baseline])
         if diff is None:
             continue
-        pub = [float(x) for x in PUBLISHED[method].split(" / ")]
         cells, within = [], []
-        for (key, title), p, b in zip(SUMMARY_COLUMNS, pub, base_pub):
+        for (key, title), p, b in zip(SUMMARY_COLUMNS, _published(method), base_pub):
             m, se, _ = diff[key]
-            d = m - (p - b)
-            cells.append(f"{(d if round(d, 1) else 0.0):+.1f} ± {se:.1f} "
-                         f"({m:+.1f} vs {p - b:+.1f})")
-            if abs(round(d, 1)) <= round(se, 1):     # as printed, so the table agrees
+            cell, near = _distance(m - (p - b), se)
+            cells.append(f"{cell} ({m:+.1f} vs {p - b:+.1f})")
+            if near:
                 within.append(title.replace(" acc", ""))
         rows.append(f"| {method} | " + " | ".join(cells) + f" | {diff['test_acc'][2]} | "
                     f"{', '.join(within) or 'none'} |")
