@@ -77,6 +77,13 @@ def test_curve_means_over_restarts_and_untracked_runs_skip_the_hessian_plot(tmp_
     assert not (tmp_path / "h.png").exists()
 
 
+def test_transfer_legend_counts_the_measured_restarts_of_each_run():
+    rows = TRANSFER_ROWS + [{"method": "erm", "restart": 2, "delta": 0.1, "measure": float("nan")},
+                            {"method": "irm", "run": "irm_a", "restart": 0, "delta": 1.0,
+                             "measure": 0.2}]
+    assert plotting.transfer_restarts(rows) == {"erm": 2, "hgp": 2, "irm_a": 1}
+
+
 def test_tables():
     runs = {"erm": [fake_record("erm", 0), fake_record("erm", 1)],
             "irm": [fake_record("irm", 0, tracked=False)]}

@@ -192,21 +192,37 @@ def transfer_curves(rows: Sequence[dict], key: str) -> dict[str, tuple]:
     return result
 
 
+def transfer_restarts(rows: Sequence[dict]) -> dict[str, int]:
+    """run -> how many restarts its transfer curve averages (the most rows at any one delta
+    with a finite measure), for a legend: measured models can be fewer than the restarts."""
+    counts: dict[str, dict[float, int]] = {}
+    for row in rows:
+        v = row.get("measure")
+        if v is None or not math.isfinite(v):
+            continue
+        by_delta = counts.setdefault(run_name(row), {})
+        by_delta[float(row["delta"])] = by_delta.get(float(row["delta"]), 0) + 1
+    return {run: max(by_delta.values()) for run, by_delta in counts.items()}
+
+
 def plot_transfer(rows: Sequence[dict], path: str, *, size=DEFAULT_SIZE,
                   dpi=DEFAULT_DPI) -> bool:
     """Transfer measure against delta per method (solid, shaded std) with its second-order
     bounds: ``bound`` = delta ||Δg|| + delta²/2 ||ΔH||₂ (dashed) and ``corrected_bound`` =
     bound + offset (dotted; the one that bounds the measure in general, see
-    ``hjax.core.diagnostics.transfer_measure``). Log-log axes. False if ``rows`` is empty."""
+    ``hjax.core.diagnostics.transfer_measure``). Log-log axes; the legend gives each run's
+    number of restarts (n). False if ``rows`` is empty."""
     measure = transfer_curves(rows, "measure")
     if not measure:
         return False
     bound = transfer_curves(rows, "bound")
     corrected = transfer_curves(rows, "corrected_bound")
+    counts = transfer_restarts(rows)
     fig = _figure(size, dpi)
     ax = fig.add_subplot(1, 1, 1)
     for method, (deltas, mean, std) in measure.items():
-        (line,) = ax.plot(deltas, mean, marker="o", label=f"{method}: measure")
+        (line,) = ax.plot(deltas, mean, marker="o",
+                          label=f"{method} (n={counts[method]}): measure")
         c = line.get_color()
         ax.fill_between(deltas, np.maximum(mean - std, 1e-12), mean + std, color=c,
                         alpha=0.2, linewidth=0)
