@@ -90,7 +90,7 @@ report: setup
 # The alignment figures and transferability table of a folder of saved ColoredMNIST runs
 # (transferability: about a minute per saved model on 2 CPU cores), written to
 # results/{transferability,figures}/<folder name>, one pair of folders per set of runs:
-# make figures FIGURES_FROM=results/colored_mnist_before_fix gives the ones docs/understanding.md shows.
+# The default gives the ones docs/understanding.md shows; FIGURES_FROM=results/colored_mnist_before_fix the earlier runs' ones.
 FIGURES_FROM ?= results/colored_mnist
 FIGURES_NAME = $(notdir $(patsubst %/,%,$(FIGURES_FROM)))
 figures: data

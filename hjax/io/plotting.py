@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from hjax.io.results import write_atomic  # noqa: E402
 from hjax.io.results import mean_std, read_jsonl  # noqa: E402
@@ -211,7 +212,7 @@ def plot_transfer(rows: Sequence[dict], path: str, *, size=DEFAULT_SIZE,
     bounds: ``bound`` = delta ||Δg|| + delta²/2 ||ΔH||₂ (dashed) and ``corrected_bound`` =
     bound + offset (dotted; the one that bounds the measure in general, see
     ``hjax.core.diagnostics.transfer_measure``). Log-log axes; the legend gives each run's
-    number of restarts (n). False if ``rows`` is empty."""
+    number of restarts (n) and the line styles. False if ``rows`` is empty."""
     measure = transfer_curves(rows, "measure")
     if not measure:
         return False
@@ -221,23 +222,27 @@ def plot_transfer(rows: Sequence[dict], path: str, *, size=DEFAULT_SIZE,
     fig = _figure(size, dpi)
     ax = fig.add_subplot(1, 1, 1)
     for method, (deltas, mean, std) in measure.items():
-        (line,) = ax.plot(deltas, mean, marker="o",
-                          label=f"{method} (n={counts[method]}): measure")
+        (line,) = ax.plot(deltas, mean, marker="o", label=f"{method} (n={counts[method]})")
         c = line.get_color()
         ax.fill_between(deltas, np.maximum(mean - std, 1e-12), mean + std, color=c,
                         alpha=0.2, linewidth=0)
         if method in bound:
-            ax.plot(bound[method][0], bound[method][1], "--", color=c, label=f"{method}: bound")
+            ax.plot(bound[method][0], bound[method][1], "--", color=c)
         if method in corrected:
-            ax.plot(corrected[method][0], corrected[method][1], ":", color=c,
-                    label=f"{method}: bound + offset")
+            ax.plot(corrected[method][0], corrected[method][1], ":", color=c)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("δ (radius of the head ball)")
     ax.set_ylabel("train → test transfer measure")
     ax.set_title("Transfer measure vs δ")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="x-small")
+    # One legend outside the axes, so that eight methods do not hide the curves: colour ->
+    # run (with its n), then line style -> quantity.
+    handles, _ = ax.get_legend_handles_labels()
+    styles = [Line2D([], [], color="k", linestyle=ls, label=lab) for ls, lab in
+              (("-", "measure"), ("--", "bound"), (":", "bound + offset"))]
+    ax.legend(handles=handles + styles, fontsize="x-small", loc="upper left",
+              bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     save_figure(fig, path, dpi)
     return True
