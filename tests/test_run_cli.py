@@ -132,16 +132,23 @@ def test_interrupted_run_resumes_from_its_finished_restarts(tmp_path, cli):
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2 and lines[0] == first[0]       # kept byte for byte, not re-run
     assert json.loads(lines[1])["restart"] == 1
-    # Other settings are not mixed in: the run starts over.
+    # Other settings are not mixed in: refused (exit 2, files intact), or with --overwrite
+    # the earlier files are moved aside and the run starts over.
+    before = sorted(p.name for p in tmp_path.iterdir())
     proc = run(*common, "--restarts=2", "--lr=0.01")
-    assert proc.returncode == 0 and "starting over" in proc.stderr
+    assert proc.returncode == 2 and "hparams.lr" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "results.jsonl").read_text().splitlines() == lines
+    proc = run(*common, "--restarts=2", "--lr=0.01", "--overwrite")
+    assert proc.returncode == 0 and "moved the earlier" in proc.stderr
     assert [json.loads(l)["hparams"]["lr"] for l in
             (tmp_path / "results.jsonl").read_text().splitlines()] == [0.01, 0.01]
     # Nor are restarts of the other matmul arithmetic; the TF32 records say so.
-    proc = run(*common, "--restarts=1", "--lr=0.01", "--matmul=tf32")
-    assert proc.returncode == 0 and "starting over" in proc.stderr
+    proc = run(*common, "--restarts=1", "--lr=0.01", "--matmul=tf32", "--overwrite")
+    assert proc.returncode == 0 and "moved the earlier" in proc.stderr
     (rec,) = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert rec["matmul"] == "tf32" and rec["hparams"]["lr"] == 0.01
+    assert len(list(tmp_path.glob("replaced-*/results.jsonl"))) == 2
 
 
 @pytest.mark.fast_compile

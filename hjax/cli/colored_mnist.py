@@ -7,18 +7,22 @@ after each) and <output_dir>/summary.md, and prints the summary table. With
 --track_alignment_every=N the history rows also hold head-Hessian and gradient distances
 (hjax.analysis.alignment_tracking); with --save_params each restart's final params go to
 <output_dir>/params_restart<r>.msgpack (hjax.io.params_io.load_params reads them).
+
+Every record carries the run's identity (run_id: a digest of every setting that changes the
+numbers, data included) and its provenance (code, library versions, devices, host, time). A
+re-run with the same identity resumes after the finished restarts; an output folder holding
+results of other settings is refused (exit 2) unless --overwrite moves them aside.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-import time
-
 
 from absl import flags
 
 from hjax.cli import run_main
+from hjax.cli.progress import MODES, Progress
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "colored_mnist", "colored_mnist or colored_mnist_label_shift")
@@ -58,32 +62,32 @@ flags.DEFINE_string("coordinator_address", None,
                     "with --distributed off TPU/Slurm/MPI: HOST:PORT of process 0")
 flags.DEFINE_integer("num_processes", None, "with --distributed: number of processes")
 flags.DEFINE_integer("process_id", None, "with --distributed: this process's index")
+flags.DEFINE_bool("overwrite", False,
+                  "when --output_dir holds results of other settings, move them aside into "
+                  "<output_dir>/replaced-<time>/ and start afresh (default: refuse, exit 2)")
+flags.DEFINE_enum("progress", "auto", list(MODES),
+                  "progress line on stderr (step, ETA after compilation): auto = only on a "
+                  "terminal")
 flags.DEFINE_bool("full_protocol_hint", False,
                   "end with the command of the full protocol (make run's short first look)")
 
 
-class Progress:
-    """One self-overwriting status line on a terminal; silent when stderr is not a tty."""
+class RestartProgress:
+    """The progress line of a run: restart, step and an ETA over the remaining restarts, at
+    the step rate measured after each restart's compilation (hjax.cli.progress)."""
 
-    def __init__(self, restarts: int, steps: int):
+    def __init__(self, restarts: int, steps: int, mode: str = "auto"):
         self.restarts, self.steps = restarts, steps
-        self.tty = sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.done = 0
+        self.line = Progress(mode)
 
     def update(self, restart: int, step: int) -> None:
-        self.done += 1
-        if not self.tty:
-            return
-        total = self.restarts * self.steps
-        eta = (time.perf_counter() - self.start) / self.done * (total - self.done)
-        sys.stderr.write(f"\r[restart {restart + 1}/{self.restarts}] step {step + 1}/"
-                         f"{self.steps}  ETA {int(eta // 60)}m{int(eta % 60):02d}s ")
-        sys.stderr.flush()
+        if step == 0:       # the interval before it held this restart's compile
+            self.line.begin(self.steps, label=f"[restart {restart + 1}/{self.restarts}] ",
+                            remaining_after=(self.restarts - restart - 1) * self.steps)
+        self.line.step(step)
 
     def clear(self) -> None:
-        if self.tty:
-            sys.stderr.write("\r" + " " * 60 + "\r")
+        self.line.clear()
 
 
 def config_from_flags(f):
@@ -99,7 +103,7 @@ def main(argv=None):
         from hjax.protocols.irm_cmnist.experiment import (Callbacks, format_row,
                                                           run_experiment)
         config = config_from_flags(FLAGS)
-        progress = Progress(config.restarts, config.steps)
+        progress = RestartProgress(config.restarts, config.steps, config.progress)
 
         def log(message):
             progress.clear()

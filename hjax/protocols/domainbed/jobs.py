@@ -99,12 +99,19 @@ def make_jobs(datasets: Sequence[str], algorithms: Sequence[str], n_hparams: int
 
 
 def job_state(output_root: str, job: Job | VmapGroup) -> str:
-    """"done", "incomplete" (directory without a done marker) or "not_launched"."""
+    """"done" (a done marker of this job's run identity), "incomplete" (a directory without
+    one: unfinished, or holding another identity, which ``domainbed_train`` then refuses
+    unless --overwrite) or "not_launched".
+
+    A plain-text done marker of an earlier version counts as done when the records of its
+    results.jsonl carry this job's ``args`` and ``hparams``
+    (:func:`hjax.protocols.domainbed.identity.legacy_done_matches`)."""
     if isinstance(job, VmapGroup):
         states = {job_state(output_root, j) for j in job.jobs}
         return (states.pop() if len(states) == 1 else "incomplete")
+    from hjax.protocols.domainbed.identity import job_is_done
     path = os.path.join(output_root, job.dirname())
-    if os.path.exists(os.path.join(path, "done")):
+    if job_is_done(job, path):
         return "done"
     return "incomplete" if os.path.isdir(path) else "not_launched"
 
@@ -133,11 +140,15 @@ def launch(jobs: Sequence[Job], output_root: str, runner, log=_LOG.info) -> int:
 
 
 def delete_incomplete(jobs: Sequence[Job], output_root: str) -> int:
-    """Removes the directories of this sweep's jobs that have no done marker."""
+    """Removes the directories of this sweep's jobs that have no done marker. A directory
+    with a done marker of another run identity is kept: it holds finished results, which
+    only ``domainbed_train --overwrite`` moves aside."""
     import shutil
     deleted = 0
     for job in jobs:
-        if job_state(output_root, job) == "incomplete":
+        path = os.path.join(output_root, job.dirname())
+        if (job_state(output_root, job) == "incomplete"
+                and not os.path.lexists(os.path.join(path, "done"))):
             shutil.rmtree(os.path.join(output_root, job.dirname()))
             deleted += 1
     return deleted

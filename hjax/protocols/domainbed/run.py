@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import dataclasses
-import json
 import math
 import os
 import time
@@ -35,7 +34,10 @@ from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, init_state,
                                               make_batch_evaluator, make_evaluator,
                                               make_host_batch_step, make_train_step,
                                               to_eval_split)
-from hjax.io.results import write_atomic, write_jsonl
+from hjax.io.provenance import provenance
+from hjax.io.results import write_jsonl
+from hjax.io.run_identity import stamp
+from hjax.protocols.domainbed import identity as identity_lib
 
 _LOG = logging.getLogger("hjax")
 
@@ -45,8 +47,8 @@ ARCHS = ("resnet18", "resnet50")
 DTYPES = ("float32", "bfloat16")
 # Settings of the image datasets only (absent from an MNIST job's identity and records).
 _IMAGE_FIELDS = ("arch", "image_size", "dtype", "pretrained")
-DONE_NAME = "done"
-RESULTS_NAME = "results.jsonl"
+DONE_NAME = identity_lib.DONE_NAME
+RESULTS_NAME = identity_lib.RESULTS_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,15 +77,21 @@ class RunConfig:
     dtype: str = "float32"
     pretrained: str | None = None
     workers: int = 2
+    # Not part of the job's identity: move another job's files aside instead of refusing
+    # the folder, and whether to show a progress line (the command line's --progress).
+    overwrite: bool = False
+    progress: str = "off"
 
     @property
     def is_image_dataset(self) -> bool:
         return self.dataset in IMAGE_DATASET_NAMES
 
     def identity(self) -> dict:
-        """What must match for a checkpoint to be resumed."""
+        """The job's settings that change its numbers (``args`` of every record; with the
+        hparams and the data, the job's run identity: hjax.protocols.domainbed.identity)."""
         d = dataclasses.asdict(self)
-        for key in ("output_dir", "stop_after_step", "eval_chunk", "data_dir", "workers"):
+        for key in ("output_dir", "stop_after_step", "eval_chunk", "data_dir", "workers",
+                    "overwrite", "progress"):
             d.pop(key)
         if not self.is_image_dataset:
             for key in _IMAGE_FIELDS:
@@ -267,7 +275,10 @@ def start_job(config: RunConfig, log: Callable[[str], None]):
     validate(config, len(info.env_names) if info else 0)
     hp = resolve_hparams(config)
     prepare_output_dir(config.output_dir)
-    if os.path.exists(os.path.join(config.output_dir, DONE_NAME)):
+    # Done only when the done marker is this job's; another job's files are refused (or
+    # moved aside with --overwrite), never mixed in.
+    if identity_lib.check_folder(config.output_dir, job_identity(config, hp),
+                                 config.overwrite, log):
         log(f"{config.output_dir}: already done")
         from hjax.io.results import read_jsonl
         return hp, read_jsonl(os.path.join(config.output_dir, RESULTS_NAME))
@@ -297,16 +308,18 @@ def initial_state(config: RunConfig, hp: dict, model, data: JobData, log):
         return state, []
     state, saved_identity, records = restored
     state = jax.tree_util.tree_map(jnp.asarray, state)
-    if saved_identity != json.loads(json.dumps(job_identity(config, hp), sort_keys=True)):
-        raise ConfigError(f"--output_dir={config.output_dir!r} holds a checkpoint of a "
-                         "different job; use a fresh directory")
+    if not identity_lib.check_checkpoint(config.output_dir, saved_identity,
+                                         job_identity(config, hp), config.overwrite, log):
+        return init_state(config.algorithm, model, hp, example_images(data),
+                          len(data.train_idx), init_key), []
     write_jsonl(os.path.join(config.output_dir, RESULTS_NAME), records)
     log(f"{config.output_dir}: resuming at step {int(state.step)}")
     return state, records
 
 
 def job_identity(config: RunConfig, hp: dict) -> dict:
-    return dict(config.identity(), hparams=hp)
+    """The job's run identity (hjax.protocols.domainbed.identity), also the checkpoint's."""
+    return identity_lib.job_identity(config, hp)
 
 
 def checkpoint_record(config: RunConfig, hp: dict, data: JobData, step: int, window: list,
@@ -320,6 +333,7 @@ def checkpoint_record(config: RunConfig, hp: dict, data: JobData, step: int, win
     note = inactive_penalty_note(config.algorithm, hp, config.steps, len(data.train_idx))
     if note:
         record["penalty_note"] = note
+    record.update(stamp(job_identity(config, hp)), provenance=provenance())
     return record
 
 
@@ -341,16 +355,16 @@ def is_checkpoint_step(config: RunConfig, step: int) -> bool:
     return step % config.checkpoint_freq == 0 or step == config.steps - 1
 
 
-def mark_done(config: RunConfig, diverged_step: int | None = None) -> None:
-    """The done marker; a diverged job is done too (re-running it would diverge again)."""
-    text = "done\n" if diverged_step is None else f"diverged at step {diverged_step}\n"
-    write_atomic(os.path.join(config.output_dir, DONE_NAME), text)
+def mark_done(config: RunConfig, hp: dict, diverged_step: int | None = None) -> None:
+    """The done marker (JSON: status, run_id, identity); a diverged job is done too
+    (re-running it would diverge again)."""
+    identity_lib.write_done(config.output_dir, job_identity(config, hp), diverged_step)
 
 
-def report_divergence(config: RunConfig, step: int, name: str, log) -> None:
+def report_divergence(config: RunConfig, hp: dict, step: int, name: str, log) -> None:
     log(f"{config.output_dir}: non-finite {name} at step {step}; job stopped and marked "
         f"diverged (results.jsonl keeps the checkpoints before it)")
-    mark_done(config, diverged_step=step)
+    mark_done(config, hp, diverged_step=step)
 
 
 def _image_steps(config: RunConfig, hp: dict, model, data: ImageJobData, start: int):
@@ -394,8 +408,10 @@ def _array_steps(config: RunConfig, hp: dict, model, data: JobData):
             lambda: None)
 
 
-def run(config: RunConfig, log: Callable[[str], None] = _LOG.info) -> list[dict]:
-    """Trains (or resumes, or skips a finished job); returns the results records."""
+def run(config: RunConfig, log: Callable[[str], None] = _LOG.info,
+        progress=None) -> list[dict]:
+    """Trains (or resumes, or skips a finished job); returns the results records.
+    ``progress`` (hjax.cli.progress.Progress or None) hears of every step."""
     hp, finished = start_job(config, log)
     if finished is not None:
         return finished
@@ -408,20 +424,36 @@ def run(config: RunConfig, log: Callable[[str], None] = _LOG.info) -> list[dict]
     else:
         train_step, evaluate, close = _array_steps(config, hp, model, data)
     try:
-        return _train(config, hp, data, state, records, train_step, evaluate, log)
+        return _train(config, hp, data, state, records, train_step, evaluate, log, progress)
     finally:
         close()
 
 
-def _train(config, hp, data, state, records, train_step, evaluate, log) -> list[dict]:
+def _start_progress(config, hp, data, start: int, progress) -> None:
+    if progress is None:
+        return
+    per_step = int(hp["batch_size"]) * len(data.train_idx)
+    unit = "images" if config.is_image_dataset else "examples"
+    progress.header(f"{os.path.basename(os.path.normpath(config.output_dir))}: "
+                    f"{config.dataset} / {config.algorithm}, test envs "
+                    f"{list(config.test_envs)}, steps {start}..{config.steps - 1}, "
+                    f"{per_step} {unit} per step (ETA after compilation)")
+    progress.begin(config.steps, per_step=per_step, unit=unit)
+
+
+def _train(config, hp, data, state, records, train_step, evaluate, log,
+           progress=None) -> list[dict]:
     window, window_start = [], time.time()
+    _start_progress(config, hp, data, int(state.step), progress)
     for step in range(int(state.step), config.steps):
         state, logs = train_step(state)
         logs = {k: float(v) for k, v in jax.device_get(logs).items()}
         bad = first_non_finite(logs)
         if bad is not None:
-            report_divergence(config, step, bad, log)
+            report_divergence(config, hp, step, bad, log)
             return records
+        if progress is not None:
+            progress.step(step, logs.get("loss"))
         window.append(logs)
         if is_checkpoint_step(config, step):
             step_time = (time.time() - window_start) / len(window)
@@ -433,5 +465,5 @@ def _train(config, hp, data, state, records, train_step, evaluate, log) -> list[
         if config.stop_after_step is not None and step >= config.stop_after_step:
             log(f"stopping after step {step} (--stop_after_step)")
             return records
-    mark_done(config)
+    mark_done(config, hp)
     return records

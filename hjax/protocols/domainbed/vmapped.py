@@ -279,7 +279,7 @@ def _train_group(model, jobs, datas: Sequence[JobData], log, batching) -> None:
             bad = first_non_finite(row)
             if bad is not None:     # the other trials go on; this one's results stop here
                 alive[t] = False
-                report_divergence(configs[t], step, bad, log)
+                report_divergence(configs[t], hps[t], step, bad, log)
             else:
                 windows[t].append(row)
         if not alive.any():
@@ -302,7 +302,7 @@ def _train_group(model, jobs, datas: Sequence[JobData], log, batching) -> None:
             log(f"stopping after step {step} (--stop_after_step)")
             return
     for t in np.flatnonzero(alive):
-        mark_done(configs[t])
+        mark_done(configs[t], hps[t])
 
 
 # ---------------------------------------------------------------------------- sweep side

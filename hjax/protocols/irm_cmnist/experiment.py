@@ -14,11 +14,13 @@ import jax
 from hjax import data
 from hjax.io import params_io
 from hjax.protocols import sharding
-from hjax.protocols.irm_cmnist import train
+from hjax.protocols.irm_cmnist import identity, train
 from hjax.errors import ConfigError, check_choice, check_positive, ensure_writable_dir
 from hjax.models import MATMULS, irm_mlp
 from hjax.protocols.irm_cmnist.train import METHODS
-from hjax.io.results import read_jsonl, summary_table, write_atomic, write_jsonl
+from hjax.io.provenance import provenance
+from hjax.io.results import summary_table, write_atomic, write_jsonl
+from hjax.io.run_identity import stamp
 
 _LOG = logging.getLogger("hjax")
 # Which images form the test domain, recorded with every restart: since issue 17, the scripts'
@@ -29,6 +31,7 @@ TEST_DOMAIN = "mnist_train[50000:60000], gray relabeled"
 DATASETS = ("colored_mnist", "colored_mnist_label_shift")
 SPLITS = ("intended", "reference")
 CURVATURES = ("closed_form", "autodiff")
+PROGRESS_MODES = ("auto", "on", "off")
 HPARAM_FIELDS = ("lr", "l2_weight", "penalty_weight", "anneal_iters", "hidden_dim",
                 "num_probes", "alpha", "beta", "curvature")
 
@@ -71,6 +74,10 @@ class ExperimentConfig:
     # "tf32": the featurizer's matmuls in emulated TF32 (hjax.models.tf32), to test what the
     # published runs' GPU arithmetic does; recorded as the record's "matmul" (absent = fp32).
     matmul: str = "fp32"
+    # Not part of the run's identity: what to do with an output folder holding other results
+    # (move them aside instead of refusing), and whether to show a progress line.
+    overwrite: bool = False
+    progress: str = "auto"
 
 
 class Callbacks:
@@ -106,6 +113,7 @@ def validate(config) -> None:
     if config.curvature is not None:
         check_choice("curvature", config.curvature, CURVATURES)
     check_choice("matmul", getattr(config, "matmul", "fp32"), MATMULS)
+    check_choice("progress", getattr(config, "progress", "auto"), PROGRESS_MODES)
     if config.lr is not None and not config.lr > 0:
         raise ConfigError(f"--lr={config.lr} must be > 0")
     if config.num_devices is not None:
@@ -131,32 +139,20 @@ def format_row(row) -> str:
 
 
 def resumable_records(path: str, config, hp: dict, split, warn=_LOG.warning) -> list[dict]:
-    """Finished restarts of an earlier, interrupted run with the same settings, in order.
+    """Finished restarts of an earlier, interrupted run with the same run identity, in order.
 
-    A results.jsonl written with other settings (method, seed, steps, hparams, split) is
-    not mixed in: the run starts over and replaces it.
+    A folder holding results of other settings (another run identity, or records written
+    before run identities) is never mixed in and never deleted: it raises
+    :class:`hjax.io.run_identity.IdentityClash` (exit 2), or with ``config.overwrite`` its
+    files are moved aside (``hjax.protocols.irm_cmnist.identity``).
     """
-    if not os.path.exists(path):
-        return []
-    try:
-        old = read_jsonl(path)
-    except (OSError, ValueError):
-        return []
-    kept = []
-    for i, rec in enumerate(old):
-        same = (rec.get("restart") == i and rec.get("dataset") == config.dataset
-                and rec.get("method") == config.method and rec.get("seed") == config.seed
-                and rec.get("steps") == config.steps and rec.get("hparams") == hp
-                and rec.get("split") == split
-                and rec.get("test_domain") == TEST_DOMAIN
-                and rec.get("matmul", "fp32") == getattr(config, "matmul", "fp32"))
-        if not same or i >= config.restarts:
-            break
-        kept.append(rec)
-    if len(kept) < len(old) and len(kept) < config.restarts:
-        warn(f"note: {path} holds restarts from other settings; starting over from "
-             f"restart {len(kept)}")
-    return kept
+    return identity.resumable_records(os.path.dirname(path) or ".",
+                                      run_identity_of(config, hp, split), config.restarts,
+                                      getattr(config, "overwrite", False), warn)
+
+
+def run_identity_of(config, hp: dict, split) -> dict:
+    return identity.config_identity(config, hp, split, TEST_DOMAIN)
 
 
 def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None) -> list[dict]:
@@ -172,7 +168,6 @@ def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None)
     options = ({"split": config.label_shift_split}
                if config.dataset == "colored_mnist_label_shift" else {})
     info = data.dataset_info(config.dataset)
-    mnist = data.fake_mnist() if config.fake_data else data.load_mnist()
     mesh = sharding.make_mesh(config.num_devices)
     matmul = getattr(config, "matmul", "fp32")
     model = irm_mlp(hp["hidden_dim"], matmul)
@@ -180,10 +175,18 @@ def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None)
     cb.log(f"{config.dataset} / {config.method}: {config.restarts} restarts x {config.steps} steps "
            f"on {mesh.devices.size} {jax.devices()[0].platform} device(s) -> {out_dir}")
 
+    # The identity is checked before MNIST is loaded: a folder of other results is refused
+    # at once, and a finished run is reported without needing the data.
     records = resumable_records(os.path.join(out_dir, "results.jsonl"), config, hp,
                                 options.get("split"), cb.warn)
-    if records:
+    run_stamp = stamp(run_identity_of(config, hp, options.get("split")))
+    if len(records) >= config.restarts:
+        cb.log(f"all {config.restarts} restarts are already in results.jsonl (run "
+               f"{run_stamp['run_id']}); nothing to train")
+    elif records:
         cb.log(f"resuming: restarts 0..{len(records) - 1} are already in results.jsonl")
+    if len(records) < config.restarts:
+        mnist = data.fake_mnist() if config.fake_data else data.load_mnist()
     for r in range(len(records), config.restarts):
         envs = data.make_environments(config.dataset, seed=data_seed(config.seed, r),
                                       mnist=mnist, **options)
@@ -212,7 +215,8 @@ def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None)
                         "seed": config.seed, "data_seed": data_seed(config.seed, r),
                         "split": options.get("split"), "test_domain": TEST_DOMAIN,
                         "hparams": hp, **({"matmul": matmul} if matmul != "fp32" else {}),
-                        **rec})
+                        **rec, **run_stamp, "provenance": provenance(),
+                        **({"fake_data": True} if config.fake_data else {})})
         if writer:
             write_jsonl(os.path.join(out_dir, "results.jsonl"), records)
 
