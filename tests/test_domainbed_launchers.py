@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from hjax.protocols.domainbed import identity
 from hjax.protocols.domainbed import jobs as jobs_lib
 from hjax.protocols.domainbed import launchers, selection
 
@@ -45,8 +46,9 @@ def test_local_parallel_runs_a_tiny_sweep_and_a_second_launch_skips_finished_job
         jobs[:2], str(tmp_path), log=logs.append, runner=lambda *a: calls.append(a)) == 0
     assert calls == []                            # both done: nothing runs again
     # Through the script: mark the third job done by hand, and nothing is launched.
-    (tmp_path / jobs[2].dirname()).mkdir()
-    (tmp_path / jobs[2].dirname() / "done").write_text("done\n")
+    third = tmp_path / jobs[2].dirname()
+    third.mkdir()
+    identity.write_done(str(third), identity.sweep_job_identity(jobs[2], str(third)))
     stamps = {j.dirname(): (tmp_path / j.dirname() / "results.jsonl").stat().st_mtime_ns
               for j in jobs[:2]}
     for launcher in ("--launcher=local_parallel", "--launcher=submitit_local"):

@@ -10,6 +10,7 @@ import pathlib
 
 import pytest
 
+from hjax.protocols.domainbed import identity
 from hjax.protocols.domainbed import jobs as jobs_lib
 from hjax.protocols.domainbed import selection
 
@@ -49,7 +50,7 @@ def test_launch_is_idempotent_and_delete_incomplete_removes_only_unfinished(tmp_
         os.makedirs(out, exist_ok=True)
         if job.hparams_seed == 1 and job.test_envs == (2,):
             return 1                       # a failed job leaves an incomplete directory
-        pathlib.Path(out, "done").write_text("done\n")
+        identity.write_done(out, identity.sweep_job_identity(job, out))
         return 0
 
     assert jobs_lib.launch(jobs, str(tmp_path), runner, log=lambda m: None) == 1
@@ -63,6 +64,31 @@ def test_launch_is_idempotent_and_delete_incomplete_removes_only_unfinished(tmp_
     assert jobs_lib.delete_incomplete(jobs, str(tmp_path)) == 1
     assert (tmp_path / "unrelated").exists()
     assert jobs_lib.status_counts(jobs, str(tmp_path))["not_launched"] == 1
+
+
+def test_a_done_marker_of_another_job_is_not_done_and_is_never_deleted(tmp_path):
+    jobs = jobs_lib.make_jobs([DS], ["erm"], n_hparams=1, n_trials=1, extra={"steps": 3})
+    out = [str(tmp_path / j.dirname()) for j in jobs]
+    # Job 0: a done marker of job 1's identity. Job 1: a plain-text marker of an earlier
+    # version whose records are not this job's. Job 2: a plain-text marker whose records
+    # carry the job's args and hparams (an earlier version's finished job).
+    for d in out:
+        os.makedirs(d)
+    identity.write_done(out[0], identity.sweep_job_identity(jobs[1], out[1]))
+    pathlib.Path(out[1], "done").write_text("done\n")
+    pathlib.Path(out[1], "results.jsonl").write_text(json.dumps(
+        {"args": {"algorithm": "irm"}, "hparams": {}, "step": 0}) + "\n")
+    legacy = identity.sweep_job_identity(jobs[2], out[2])
+    args = {k: v for k, v in legacy.items()
+            if k not in ("hparams", "data", "protocol", "protocol_version")}
+    pathlib.Path(out[2], "done").write_text("done\n")
+    pathlib.Path(out[2], "results.jsonl").write_text(json.dumps(
+        {"args": args, "hparams": legacy["hparams"], "step": 0}) + "\n")
+    assert [jobs_lib.job_state(str(tmp_path), j) for j in jobs] == [
+        "incomplete", "incomplete", "done"]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert jobs_lib.delete_incomplete(jobs, str(tmp_path)) == 0
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
 def _three_env_run(test_env, hp, val_curve, test_curve, oracle_out, trial=0):

@@ -41,6 +41,11 @@ def records(out):
             for line in text.splitlines()]
 
 
+def marker(out):
+    """The JSON done marker of a job folder."""
+    return json.loads((out / "done").read_text())
+
+
 def assert_same_results(a, b, rtol=1e-4, atol=2e-3):
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
@@ -122,18 +127,20 @@ def test_a_diverging_trial_stops_alone_and_writes_no_nan(tmp_path):
     logs = []
     vmapped.run_group([good, bad], log=logs.append)
     assert any("non-finite" in m and "bad" in m for m in logs)
-    assert (tmp_path / "bad" / "done").read_text().startswith("diverged at step")
+    assert marker(tmp_path / "bad")["status"] == "diverged"
     for r in records(tmp_path / "bad"):                    # only the finite checkpoints
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
     assert [r["step"] for r in records(tmp_path / "good")] == [0, 2, 3]
-    assert (tmp_path / "good" / "done").read_text() == "done\n"
+    assert marker(tmp_path / "good")["status"] == "done"
+    assert marker(tmp_path / "good")["run_id"] == records(tmp_path / "good")[-1]["run_id"]
 
 
 def test_single_job_divergence_is_reported_and_marked(tmp_path):
     logs = []
     run(config(tmp_path / "bad", algorithm="erm", lr=1e30), log=logs.append)
     assert any("non-finite" in m for m in logs)
-    assert (tmp_path / "bad" / "done").read_text().startswith("diverged at step")
+    done = marker(tmp_path / "bad")
+    assert done["status"] == "diverged" and isinstance(done["diverged_step"], int)
     records(tmp_path / "bad")
 
 

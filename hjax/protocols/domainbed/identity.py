@@ -226,9 +226,14 @@ def job_is_done(job, output_dir: str) -> bool:
     if not os.path.exists(os.path.join(output_dir, DONE_NAME)):
         return False
     try:
-        from hjax.protocols.domainbed.run import resolve_hparams
-        config = job_run_config(job, output_dir)
-        identity = job_identity(config, resolve_hparams(config))
+        identity = sweep_job_identity(job, output_dir)
     except (ConfigError, ValueError, TypeError, OSError):
         return False
     return is_done(output_dir, identity)
+
+
+def sweep_job_identity(job, output_dir: str) -> dict:
+    """The run identity ``domainbed_train`` gives a sweep job."""
+    from hjax.protocols.domainbed.run import resolve_hparams
+    config = job_run_config(job, output_dir)
+    return job_identity(config, resolve_hparams(config))
