@@ -5,8 +5,11 @@
 
 Appends one JSON line per checkpoint to <output_dir>/results.jsonl (step, every env's in/out
 accuracy, the loss terms averaged since the previous checkpoint, seconds per step, hparams,
-args) and writes <output_dir>/done at the end. Re-running the same command after a kill
-resumes from the last checkpoint; re-running a finished job does nothing.
+args, run_id, identity, provenance) and writes <output_dir>/done (JSON: status, run_id,
+identity) at the end. Re-running the same command after a kill resumes from the last
+checkpoint; re-running a finished job does nothing. A folder holding another job's files (a
+different run identity: other settings, hparams or data) is refused with exit 2, unless
+--overwrite moves them aside.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from absl import flags
 
 from hjax.cli import UsageError, run_main
+from hjax.cli.progress import MODES, Progress
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "domainbed_colored_mnist",
@@ -51,6 +55,13 @@ flags.DEFINE_string("pretrained", None, "image datasets: torchvision ResNet weig
                     "python -m hjax.cli.convert_weights). Default: random init (DomainBed uses "
                     "ImageNet weights)")
 flags.DEFINE_integer("workers", 2, "image datasets: input-pipeline worker processes (0 = none)")
+flags.DEFINE_bool("overwrite", False,
+                  "when --output_dir holds another job's results, done marker or checkpoint, "
+                  "move them aside into <output_dir>/replaced-<time>/ and start afresh "
+                  "(default: refuse, exit 2)")
+flags.DEFINE_enum("progress", "auto", list(MODES),
+                  "progress line on stderr (step, loss, examples or images per second, ETA "
+                  "after compilation): auto = only on a terminal")
 flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vmap_trials: "
                     "train those jobs as one vmapped program (other flags are ignored)")
 
@@ -90,13 +101,18 @@ def config_from_flags(f):
                      width_multiplier=f.width_multiplier, fake_data=f.fake_data,
                      stop_after_step=f.stop_after_step, data_dir=f.data_dir, arch=f.arch,
                      image_size=f.image_size, dtype=f.dtype, pretrained=f.pretrained,
-                     workers=f.workers)
+                     workers=f.workers, overwrite=f.overwrite, progress=f.progress)
 
 
 def main(argv=None):
     argv = sys.argv if argv is None else argv
     def body():
-        log = lambda m: print(m, flush=True)  # noqa: E731
+        progress = Progress(FLAGS.progress)
+
+        def log(message):
+            progress.clear()
+            print(message, flush=True)
+
         if FLAGS.vmap_jobs:
             from hjax.protocols.domainbed.vmapped import load_spec_file, run_group
             try:
@@ -106,7 +122,7 @@ def main(argv=None):
                                  f"list ({type(e).__name__}: {e})") from None
             return run_group(configs, log=log, batching=batching)
         from hjax.protocols.domainbed.run import run  # heavy imports after flag parsing
-        run(config_from_flags(FLAGS), log=log)
+        run(config_from_flags(FLAGS), log=log, progress=progress if progress.enabled else None)
     run_main(FLAGS, argv, body,
              interrupted="re-run the same command to resume from the last checkpoint")
 
