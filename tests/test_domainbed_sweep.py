@@ -195,3 +195,31 @@ def test_penalties_that_never_act_are_named():
     for alg in ("hgp", "hutchinson", "exact_diag", "coral", "fishr", "vrex", "iga"):
         assert "identically 0" in note(alg, envs=1), alg
     assert note("irm", envs=1) is None          # IRMv1's penalty is per domain: still acts
+
+
+def test_launch_overwrite_reaches_each_pending_job_and_done_jobs_are_still_skipped(tmp_path):
+    from hjax.protocols.domainbed import launchers
+    from hjax.protocols.domainbed.vmapped import load_spec_file
+    jobs = jobs_lib.make_jobs([DS], ["erm"], n_hparams=1, n_trials=1, extra={"steps": 3})
+    out = [str(tmp_path / j.dirname()) for j in jobs]
+    for d in out[:2]:
+        os.makedirs(d)
+    identity.write_done(out[0], identity.sweep_job_identity(jobs[0], out[0]))   # done
+    identity.write_done(out[1], identity.sweep_job_identity(jobs[0], out[0]))   # another's
+    calls = []
+
+    def runner(job, output_dir, overwrite=False):
+        calls.append((job, overwrite))
+        return 0
+
+    assert launchers.launch_local(jobs, str(tmp_path), log=lambda m: None, runner=runner,
+                                  overwrite=True) == 0
+    assert calls == [(jobs[1], True), (jobs[2], True)]
+    assert launchers.train_command(jobs[1], out[1], True)[-1] == "--overwrite"
+    assert "--overwrite" not in launchers.train_command(jobs[1], out[1])
+    # A vmapped group's job list carries it to every job of the group.
+    group = jobs_lib.VmapGroup(tuple(jobs[1:]))
+    group_dir = tmp_path / group.dirname()
+    command = launchers.train_command(group, str(group_dir), overwrite=True)
+    configs, _ = load_spec_file(command[-1].split("=", 1)[1])
+    assert [c.overwrite for c in configs] == [True, True]

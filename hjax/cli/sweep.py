@@ -101,6 +101,9 @@ flags.DEFINE_integer("image_size", None, "train.py --image_size (image datasets)
 flags.DEFINE_string("dtype", None, "train.py --dtype (float32 | bfloat16)")
 flags.DEFINE_string("pretrained", None, "train.py --pretrained (torchvision ResNet weights)")
 flags.DEFINE_integer("workers", None, "train.py --workers (input-pipeline processes per job)")
+flags.DEFINE_bool("overwrite", False, "launch: jobs not done with their own run identity "
+                  "move another job's files in their folder aside (train.py --overwrite) "
+                  "instead of failing; jobs done with their identity are still skipped")
 flags.DEFINE_bool("vmap_trials", False, "run the jobs that share shapes (dataset, algorithm, "
                   "test envs, batch size, steps; any seeds and other hparams) as one vmapped "
                   "program each: one train.py --vmap_jobs process per group")
@@ -170,12 +173,13 @@ def run_launcher(launcher, jobs, f) -> int:
     from hjax.protocols.domainbed import launchers
     log = lambda m: print(m, flush=True)  # noqa: E731
     if launcher == "local":
-        return launchers.launch_local(jobs, f.output_dir, log=log)
+        return launchers.launch_local(jobs, f.output_dir, log=log, overwrite=f.overwrite)
     if launcher == "local_parallel":
-        return launchers.launch_local_parallel(jobs, f.output_dir, f.max_workers or 2, log=log)
+        return launchers.launch_local_parallel(jobs, f.output_dir, f.max_workers or 2, log=log,
+                                               overwrite=f.overwrite)
     return launchers.launch_submitit(
         jobs, f.output_dir, local=launcher == "submitit_local", folder=f.submitit_dir,
-        max_workers=f.max_workers, wait=f.submitit_wait, log=log,
+        max_workers=f.max_workers, wait=f.submitit_wait, log=log, overwrite=f.overwrite,
         partition=f.slurm_partition, account=f.slurm_account, qos=f.slurm_qos,
         timeout_min=f.timeout_min, gpus_per_job=f.gpus_per_job, cpus_per_job=f.cpus_per_job,
         mem_gb=f.mem_gb)

@@ -19,6 +19,7 @@ waiting: 0, the jobs are only submitted).
 
 from __future__ import annotations
 
+import functools
 import logging
 import json
 import os
@@ -40,17 +41,26 @@ LOG_NAME = "train.log"
 Log = Callable[[str], None]
 
 
-def train_command(job: jobs_lib.Job | jobs_lib.VmapGroup, output_dir: str) -> list[str]:
+def train_command(job: jobs_lib.Job | jobs_lib.VmapGroup, output_dir: str,
+                  overwrite: bool = False) -> list[str]:
     """The train.py command of a job, or of a vmapped group (whose job list it writes to
-    ``<output_dir>/jobs.json``; the output root is two levels up)."""
+    ``<output_dir>/jobs.json``; the output root is two levels up). ``overwrite``: the job
+    moves another job's files in its folder aside instead of refusing (``--overwrite``)."""
     if isinstance(job, jobs_lib.VmapGroup):
         from hjax.io.results import write_atomic
         os.makedirs(output_dir, exist_ok=True)
         root = os.path.dirname(os.path.dirname(os.path.abspath(output_dir)))
         spec = os.path.join(output_dir, "jobs.json")
-        write_atomic(spec, json.dumps(job.spec(root), indent=1) + "\n")
+        write_atomic(spec, json.dumps(dict(job.spec(root), overwrite=overwrite), indent=1)
+                     + "\n")
         return [sys.executable, *TRAIN_MODULE, f"--vmap_jobs={spec}"]
-    return [sys.executable, *TRAIN_MODULE, *job.flags(), f"--output_dir={output_dir}"]
+    return [sys.executable, *TRAIN_MODULE, *job.flags(), f"--output_dir={output_dir}",
+            *(["--overwrite"] if overwrite else [])]
+
+
+def _runner(runner, overwrite: bool):
+    """``runner`` passing ``overwrite=True`` on (the runners here accept it)."""
+    return functools.partial(runner, overwrite=True) if overwrite else runner
 
 
 def pending(jobs: Sequence[jobs_lib.Job], output_root: str) -> list[jobs_lib.Job]:
@@ -58,27 +68,29 @@ def pending(jobs: Sequence[jobs_lib.Job], output_root: str) -> list[jobs_lib.Job
     return [j for j in jobs if jobs_lib.job_state(output_root, j) != "done"]
 
 
-def run_subprocess(job: jobs_lib.Job, output_dir: str) -> int:
+def run_subprocess(job: jobs_lib.Job, output_dir: str, overwrite: bool = False) -> int:
     """Runs one job with its output on this process's stdout / stderr."""
-    return subprocess.run(train_command(job, output_dir)).returncode
+    return subprocess.run(train_command(job, output_dir, overwrite)).returncode
 
 
-def run_subprocess_logged(job: jobs_lib.Job, output_dir: str) -> int:
+def run_subprocess_logged(job: jobs_lib.Job, output_dir: str, overwrite: bool = False) -> int:
     """Runs one job with its output appended to ``<output_dir>/train.log``."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, LOG_NAME), "a") as log_file:
-        return subprocess.run(train_command(job, output_dir), stdout=log_file,
+        return subprocess.run(train_command(job, output_dir, overwrite), stdout=log_file,
                               stderr=subprocess.STDOUT).returncode
 
 
-def launch_local(jobs, output_root: str, log: Log = _LOG.info, runner=run_subprocess) -> int:
-    return jobs_lib.launch(jobs, output_root, runner, log=log)
+def launch_local(jobs, output_root: str, log: Log = _LOG.info, runner=run_subprocess,
+                 overwrite: bool = False) -> int:
+    return jobs_lib.launch(jobs, output_root, _runner(runner, overwrite), log=log)
 
 
 def launch_local_parallel(jobs, output_root: str, max_workers: int = 2, log: Log = _LOG.info,
-                          runner=run_subprocess_logged) -> int:
+                          runner=run_subprocess_logged, overwrite: bool = False) -> int:
     """Up to ``max_workers`` jobs at once; returns the number of failed jobs."""
     todo = pending(jobs, output_root)
+    runner = _runner(runner, overwrite)
     if not todo:
         return 0
 
@@ -131,7 +143,7 @@ def make_submitit_executor(folder: str, local: bool, *, partition: str | None = 
 
 def launch_submitit(jobs, output_root: str, *, local: bool = False, folder: str | None = None,
                     max_workers: int | None = None, wait: bool = True, log: Log = _LOG.info,
-                    **executor_kwargs) -> int:
+                    overwrite: bool = False, **executor_kwargs) -> int:
     """Submits the jobs not done yet; with ``wait``, returns the number that failed.
 
     On Slurm they go as one job array (``max_workers`` = array parallelism, unlimited when
@@ -152,7 +164,8 @@ def launch_submitit(jobs, output_root: str, *, local: bool = False, folder: str 
     failed = 0
     for start in range(0, len(todo), wave):
         batch = todo[start:start + wave]
-        commands = [train_command(j, os.path.join(output_root, j.dirname())) for j in batch]
+        commands = [train_command(j, os.path.join(output_root, j.dirname()), overwrite)
+                    for j in batch]
         submitted = executor.map_array(train_job, commands)
         for job, sub in zip(batch, submitted):
             log(f"submitted {job.dirname()} as {sub.job_id}")

@@ -19,6 +19,7 @@ batched kernels sum in another order); tests check the tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import json
 import os
@@ -344,4 +345,6 @@ def load_spec_file(path: str) -> tuple[list[RunConfig], str]:
     batching = spec.get("batching", "auto")
     if batching not in BATCHINGS:
         raise ValueError(f"batching {batching!r} is not one of {', '.join(BATCHINGS)}")
-    return [job_config(*job_from_spec(e)) for e in spec["jobs"]], batching
+    overwrite = spec.get("overwrite", False) is True     # sweep.py launch --overwrite
+    return [dataclasses.replace(job_config(*job_from_spec(e)), overwrite=overwrite)
+            for e in spec["jobs"]], batching
