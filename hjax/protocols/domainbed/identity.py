@@ -18,12 +18,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 
 from hjax.errors import ConfigError
 from hjax.io import run_identity
 from hjax.io.results import read_jsonl, write_atomic
 
+_LOG = logging.getLogger("hjax")
 PROTOCOL = "domainbed"
 PROTOCOL_VERSION = 1
 DONE_NAME = "done"
@@ -136,7 +138,8 @@ def is_done(folder: str, identity: dict) -> bool:
     return marker.get("run_id") == run_identity.run_id(identity)
 
 
-def check_folder(folder: str, identity: dict, overwrite: bool = False, warn=print) -> bool:
+def check_folder(folder: str, identity: dict, overwrite: bool = False,
+                 warn=_LOG.warning) -> bool:
     """True when ``folder`` holds this job done; False when it is fresh or holds this job
     unfinished (to resume). Anything of another job (a done marker or results records of
     another identity, records without one) raises IdentityClash, or with ``overwrite`` is

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import logging
 import os
 
 from hjax.io import run_identity
 from hjax.io.results import read_jsonl
 
+_LOG = logging.getLogger("hjax")
 PROTOCOL = "irm_cmnist"
 # Bumped when the protocol's code changes its numbers for the same settings.
 PROTOCOL_VERSION = 1
@@ -93,7 +95,7 @@ def run_files(folder: str) -> list[str]:
 
 
 def resumable_records(folder: str, identity: dict, restarts: int, overwrite: bool = False,
-                      warn=print) -> list[dict]:
+                      warn=_LOG.warning) -> list[dict]:
     """The finished restarts of this run in ``folder`` (restart 0.. in order, at most
     ``restarts``), or [] for a folder without results.
 
