@@ -20,6 +20,7 @@ from hjax.models import MATMULS, irm_mlp
 from hjax.protocols.irm_cmnist.train import METHODS
 from hjax.io.provenance import provenance
 from hjax.io.results import summary_table, write_atomic, write_jsonl
+from hjax.io import run_identity
 from hjax.io.run_identity import stamp
 
 _LOG = logging.getLogger("hjax")
@@ -146,9 +147,15 @@ def resumable_records(path: str, config, hp: dict, split, warn=_LOG.warning) -> 
     :class:`hjax.io.run_identity.IdentityClash` (exit 2), or with ``config.overwrite`` its
     files are moved aside (``hjax.protocols.irm_cmnist.identity``).
     """
-    return identity.resumable_records(os.path.dirname(path) or ".",
-                                      run_identity_of(config, hp, split), config.restarts,
-                                      getattr(config, "overwrite", False), warn)
+    folder, run = os.path.dirname(path) or ".", run_identity_of(config, hp, split)
+    overwrite = getattr(config, "overwrite", False)
+    if overwrite and jax.process_index() != 0:
+        # Only the writing process moves files aside; the others start afresh with it.
+        try:
+            return identity.resumable_records(folder, run, config.restarts, False, warn)
+        except run_identity.IdentityClash:
+            return []
+    return identity.resumable_records(folder, run, config.restarts, overwrite, warn)
 
 
 def run_identity_of(config, hp: dict, split) -> dict:
