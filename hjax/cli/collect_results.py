@@ -57,6 +57,8 @@ def load_runs(input_dir: str, include_incomplete: bool, skipped: list | None = N
         records, problem = ([], None)
         if os.path.lexists(path):
             records, problem = record_checks.load(path, "domainbed", allow_empty=True)
+        if problem is None and not records and done and os.path.lexists(path):
+            problem = f"{path}: holds no records, though the job is marked done"
         if problem is None and records:
             problem = _dataset_problem(path, records[0])
         if problem is None and records and done:

@@ -127,6 +127,18 @@ def transfer_problem(row: dict) -> str | None:
     return None
 
 
+def saved_model_problem(rec: dict) -> str | None:
+    """Why a finished restart's saved params cannot be rebuilt into its model, or None
+    (the fields ``transferability --input_dirs`` reads besides :func:`cmnist_problem`'s)."""
+    hparams = rec.get("hparams")
+    return (_need(rec, "method", lambda v: isinstance(v, str), "a string")
+            or _need(rec, "dataset", lambda v: isinstance(v, str), "a string")
+            or _need(rec, "data_seed", _is_int, "an integer")
+            or _need(rec, "params_file", lambda v: isinstance(v, str), "a file name")
+            or (None if isinstance(hparams, dict) else "no 'hparams' object")
+            or _need(hparams, "hidden_dim", _is_int, "an integer", "hparams."))
+
+
 # ----------------------------------------------------------------------------- identity
 
 def legacy_identity(rec: dict, protocol: str) -> dict:
