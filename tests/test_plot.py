@@ -117,7 +117,8 @@ def test_plot_cli_writes_figures_and_table(tmp_path, cli):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--input_dirs=/nonexistent/dir"], "no results.jsonl found"),
+    (["--input_dirs=/nonexistent/dir"], "--input_dirs: no directory '/nonexistent/dir'"),
+    (["--input_dirs=hjax"], "no results.jsonl found"),
     (["--input_dirs=.", "--dpi=0"], "--dpi=0 must be a positive integer"),
 ])
 def test_plot_cli_bad_flags_exit_2(args, message, cli, monkeypatch):

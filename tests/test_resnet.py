@@ -235,7 +235,7 @@ def test_clear_errors_for_bad_files(r18, tmp_path):
         g.write(f.read()[:3000])
     with pytest.raises(WeightsFileError) as err:
         tw.load_torchvision(npz, "resnet18")
-    assert_one_line(err, npz, "not a readable .npz")
+    assert_one_line(err, npz, "corrupt or not an .npz file")
     # A missing key, a wrong shape, the other architecture either way.
     missing = {k: v for k, v in state.items() if k != "layer3.1.bn2.running_var"}
     with pytest.raises(WeightsFileError) as err:

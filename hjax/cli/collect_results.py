@@ -9,6 +9,13 @@ standard error over trial seeds; --latex adds the same tables as LaTeX tabulars 
 per test env, then Avg; cells ``$mean \\pm se$``); --output writes the same text to a file
 (atomically). Unfinished jobs that were left out are counted on stderr, missing cells are
 "X" with a note under the table; with no finished run at all it says so and exits 1.
+
+A job whose files cannot be used (results.jsonl unreadable, not JSON lines, a record without
+the fields selection needs, records of more than one job, a done marker naming another job)
+is skipped with one warning line naming the file and why; when nothing usable is left it
+exits 2. Jobs are grouped into sweeps by their settings (everything in a job's identity but
+the algorithm, hparams seed, trial seed, test envs and hparams): jobs of other steps, data or image
+settings get tables of their own, never averaged into another sweep's.
 """
 
 from __future__ import annotations
@@ -28,24 +35,76 @@ flags.DEFINE_bool("include_incomplete", False, "also use jobs without a done mar
 flags.DEFINE_bool("latex", False, "also print the tables as LaTeX tabulars")
 
 
-def load_runs(input_dir: str, include_incomplete: bool, skipped: list | None = None
-              ) -> list[list[dict]]:
+def load_runs(input_dir: str, include_incomplete: bool, skipped: list | None = None,
+              problems: list | None = None) -> list[list[dict]]:
     """The runs of <input_dir>/*/results.jsonl; ``skipped`` collects the names of the job
-    directories left out (no done marker, or no results yet)."""
-    from hjax.io.results import read_jsonl
+    directories left out as unfinished (no done marker, or no results yet), ``problems`` one
+    line per job whose files cannot be used (``hjax.io.record_checks``: unreadable, not JSON
+    lines, records without the fields selection needs, records of more than one job, or a
+    done marker of another job)."""
+    from hjax.io import record_checks
     runs = []
-    for name in sorted(os.listdir(input_dir)):
+    try:
+        names = sorted(os.listdir(input_dir))
+    except OSError as e:
+        raise UsageError(f"--input_dir={input_dir!r} cannot be read ({e.strerror})") from None
+    for name in names:
         job = os.path.join(input_dir, name)
         path = os.path.join(job, "results.jsonl")
-        if not os.path.isdir(job) or not (os.path.exists(path) or _looks_like_job(job)):
+        if not os.path.isdir(job) or not (os.path.lexists(path) or _looks_like_job(job)):
             continue
-        done = os.path.exists(os.path.join(job, "done"))
-        records = read_jsonl(path) if os.path.exists(path) else []
-        if records and (done or include_incomplete):
+        done = os.path.lexists(os.path.join(job, "done"))
+        records, problem = ([], None)
+        if os.path.lexists(path):
+            records, problem = record_checks.load(path, "domainbed", allow_empty=True)
+        if problem is None and not records and done and os.path.lexists(path):
+            problem = f"{path}: holds no records, though the job is marked done"
+        if problem is None and records:
+            problem = _dataset_problem(path, records[0])
+        if problem is None and records and done:
+            problem = _done_problem(job, records)
+        if problem is not None:
+            if problems is not None:
+                problems.append(problem)
+        elif records and (done or include_incomplete):
             runs.append(records)
         elif skipped is not None:
             skipped.append(name)
     return runs
+
+
+def _dataset_problem(path: str, record: dict) -> str | None:
+    """Why a job's dataset cannot be tabulated (unknown here, or other environments)."""
+    from hjax.data import dataset_info
+    dataset = record["args"]["dataset"]
+    try:
+        names = dataset_info(dataset).env_names
+    except (KeyError, ValueError):
+        return f"{path}: unknown dataset {dataset!r}"
+    envs = sum(1 for k in record if k.startswith("env") and k.endswith("_in_acc"))
+    if envs != len(names):
+        return f"{path}: {envs} environments, but {dataset} has {len(names)}"
+    return None
+
+
+def _done_problem(job: str, records: list[dict]) -> str | None:
+    """Why a job's done marker does not belong to its records, or None. A marker that names a
+    run_id (written since run identities) must name the records' run; a plain-text marker of
+    an earlier version names nothing and is taken as it is."""
+    import json
+    path = os.path.join(job, "done")
+    try:
+        with open(path, encoding="utf-8") as f:
+            marker = json.loads(f.read())
+    except OSError as e:
+        return f"{path}: cannot be read ({e.strerror})"
+    except ValueError:              # UnicodeDecodeError too: plain text, an earlier marker
+        return None
+    rid = marker.get("run_id") if isinstance(marker, dict) else None
+    if isinstance(rid, str) and rid != records[0].get("run_id"):
+        return (f"{path}: marks run {rid[:8]} done, but results.jsonl holds run "
+                f"{str(records[0].get('run_id') or 'without a run id')[:8]}")
+    return None
 
 
 def _looks_like_job(path: str) -> bool:
@@ -53,22 +112,23 @@ def _looks_like_job(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, n)) for n in ("checkpoints", "train.log"))
 
 
-def report(runs, latex: bool = False) -> str:
+def report(runs, latex: bool = False, warn=None) -> str:
+    """The selection tables of ``runs``: one set per sweep (``selection.sweeps``), so jobs
+    of other settings (steps, data, image settings, ...) are never selected among or
+    averaged together; a sweep's title names what sets it apart when a dataset has several.
+    ``warn`` gets one line per job left out as a duplicate of another."""
     from hjax.data import dataset_info
     from hjax.protocols.domainbed.selection import (SELECTION_METHODS, results_table,
-                                          results_table_latex)
-    datasets = sorted({r[0]["args"]["dataset"] for r in runs})
-    parts = [f"{len(runs)} runs\n"]
-    for dataset in datasets:
-        names = dataset_info(dataset).env_names
-        for method in SELECTION_METHODS:
-            parts.append(results_table(runs, method, dataset, names))
-    if latex:
-        parts.append("## LaTeX\n")
-        for dataset in datasets:
-            names = dataset_info(dataset).env_names
+                                                    results_table_latex, sweeps)
+    groups = sweeps(runs, warn=warn)
+    parts = [f"{sum(len(g.runs) for g in groups)} runs\n"]
+    for fmt in ([results_table] + ([results_table_latex] if latex else [])):
+        if fmt is results_table_latex:
+            parts.append("## LaTeX\n")
+        for g in groups:
+            names = dataset_info(g.dataset).env_names
             for method in SELECTION_METHODS:
-                parts.append(results_table_latex(runs, method, dataset, names))
+                parts.append(fmt(g.runs, method, g.dataset, names, title=g.title))
     return "\n".join(parts)
 
 
@@ -78,8 +138,13 @@ def main(argv=None):
     try:
         if not FLAGS.input_dir or not os.path.isdir(FLAGS.input_dir):
             raise UsageError(f"--input_dir={FLAGS.input_dir!r} is not a directory")
-        skipped = []
-        runs = load_runs(FLAGS.input_dir, FLAGS.include_incomplete, skipped)
+        skipped, problems = [], []
+        runs = load_runs(FLAGS.input_dir, FLAGS.include_incomplete, skipped, problems)
+        for line in problems:
+            print(f"warning: {line}; job skipped", file=sys.stderr)
+        if problems and not runs:
+            raise UsageError(f"--input_dir={FLAGS.input_dir!r}: nothing usable; "
+                             f"{len(problems)} job(s) skipped (see the warnings)")
         if skipped:
             print(f"note: {len(skipped)} unfinished job(s) left out (no done marker or no "
                   "results yet; --include_incomplete uses those with results): "
@@ -95,7 +160,8 @@ def main(argv=None):
             print(f"note: {len(inert)} of {len(runs)} runs had a penalty that never acted as "
                   f"configured (e.g. {inert[0][-1]['penalty_note']}); see penalty_note in "
                   "their results.jsonl", file=sys.stderr)
-        text = report(runs, FLAGS.latex)
+        text = report(runs, FLAGS.latex,
+                      warn=lambda m: print(f"warning: {m}", file=sys.stderr))
         print(text)
         if FLAGS.output:
             from hjax.io.results import write_atomic

@@ -51,11 +51,22 @@ def main(argv=None):
         from hjax.protocols.irm_cmnist.train import stack_domains
 
         params = jax.tree_util.tree_map(jnp.asarray, params_io.load_params(path))
+        kernel = params.get("classifier", {}).get("kernel") \
+            if isinstance(params.get("classifier"), dict) else None
+        if kernel is None or kernel.ndim != 2:
+            raise UsageError(f"{path}: not the params of a ColoredMNIST MLP (no "
+                             "classifier kernel)")
         envs = data.make_environments("colored_mnist", data_seed(FLAGS.seed, FLAGS.restart),
                                       mnist=data.fake_mnist() if FLAGS.fake_data
                                       else data.load_mnist())
-        model = irm_mlp(params["classifier"]["kernel"].shape[0])     # the saved width
+        model = irm_mlp(kernel.shape[0])     # the saved width
         batch = stack_domains([envs[0], envs[1]], 1)   # zero-weight padding if sizes differ
+        # The saved tree must be the model's, leaf for leaf, or features() fails deep in flax.
+        want = jax.eval_shape(lambda: model.init(jax.random.key(0), batch.images[:1]))
+        shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(a.shape), tree)
+        if shapes(want) != shapes(params):
+            raise UsageError(f"{path}: its arrays do not fit the ColoredMNIST MLP of width "
+                             f"{kernel.shape[0]} (another model's params?)")
         z = model.features(params, batch.images)
 
         def terms(method, key=None, probes="independent"):

@@ -12,6 +12,12 @@ Writes to --output_dir:
   transfer.png             transfer measure and its bounds against delta per method (only
                            with --transfer_file, the output of experiments/transferability.py)
   distances.md             final tracked distances per method (mean ± std over restarts)
+
+A results.jsonl (or --transfer_file) that cannot be used (unreadable, not JSON lines, records
+missing fields, records of more than one run, a DomainBed job's records) is skipped with one
+warning line naming it; with nothing left to plot, or an --input_dirs entry that is no
+directory, it exits 2. Two folders of the same name (erm of two result sets) stay two
+curves, named with their parent folder.
 """
 
 from __future__ import annotations
@@ -41,24 +47,37 @@ def validate(flags_):
         raise UsageError(f"--width={flags_.width} and --height={flags_.height} must be > 0")
     if flags_.dpi < 1:
         raise UsageError(f"--dpi={flags_.dpi} must be a positive integer")
-    if flags_.transfer_file and not os.path.isfile(flags_.transfer_file):
+    if flags_.transfer_file and not os.path.lexists(flags_.transfer_file):
         raise UsageError(f"--transfer_file={flags_.transfer_file!r} does not exist")
 
 
-def run(flags_) -> list[str]:
+def run(flags_, warn=None) -> list[str]:
+    warn = warn or (lambda m: print(m, file=sys.stderr))
     validate(flags_)
-    from hjax.io import plotting
-    from hjax.io.results import read_jsonl, write_atomic
+    from hjax.io import plotting, record_checks
+    from hjax.io.results import write_atomic
 
     written = []
     size, dpi = (flags_.width, flags_.height), flags_.dpi
-    runs = {}
+    runs, rows, problems = {}, [], []
+    if flags_.transfer_file:
+        rows, problem = record_checks.load(flags_.transfer_file, "transfer")
+        if problem:
+            problems.append(problem)
     if flags_.input_dirs:
-        dirs = plotting.expand_dirs(flags_.input_dirs)
-        runs = plotting.load_runs(dirs)
-        if not runs:
-            raise UsageError(f"--input_dirs={','.join(flags_.input_dirs)!r}: no results.jsonl "
-                             f"found")
+        missing = []
+        dirs = plotting.expand_dirs(flags_.input_dirs, missing)
+        if missing:
+            raise UsageError(f"--input_dirs: no directory {', '.join(map(repr, missing))}")
+        runs = plotting.load_runs(dirs, problems)
+    for line in problems:
+        warn(f"warning: {line}; skipped")
+    if not runs and not rows:
+        given = ",".join(flags_.input_dirs or []) or flags_.transfer_file
+        raise UsageError(f"nothing to plot in {given!r}: "
+                         + (f"{len(problems)} file(s) skipped (see the warnings)" if problems
+                            else "no results.jsonl found (a ColoredMNIST run's output folder "
+                                 "holds one)"))
     try:
         os.makedirs(flags_.output_dir, exist_ok=True)
     except OSError as e:
@@ -78,8 +97,7 @@ def run(flags_) -> list[str]:
                      + table)
         written.append(out("distances.md"))
         print(table)
-    if flags_.transfer_file:
-        rows = read_jsonl(flags_.transfer_file)
+    if rows:
         if plotting.plot_transfer(rows, out("transfer.png"), size=size, dpi=dpi):
             written.append(out("transfer.png"))
     for path in written:

@@ -17,7 +17,13 @@ so tables other scripts write (the DomainBed mini-sweep, benchmarks) reach the d
 too. The README must hold at least one generated block; a docs page may hold none.
 
 Layout read: results/<dataset or dataset_split>/<method>/results.jsonl, as written by
-``experiments/run.py --output_dir=results/<...>/<method>``.
+``experiments/run.py --output_dir=results/<...>/<method>``. A file that cannot be used
+(unreadable, not JSON lines, a record without the fields the tables need, or records of
+more than one run) is skipped with one warning line naming it; --update_readme then refuses
+(exit 2), and a --results_dir that is not a folder, or whose results files are all
+unusable, exits 2.
+Each table's heading names the code, libraries and devices its records were produced by
+("provenance not recorded" for records written before provenance).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import sys
 
 from absl import flags
 
-from hjax.cli import run_main
+from hjax.cli import UsageError, run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", "results", "folder holding <dataset>/<method>/results.jsonl")
@@ -54,9 +60,19 @@ def main(argv=None):
     argv = sys.argv if argv is None else argv
 
     def body():
-        text = report(FLAGS.results_dir, FLAGS.expected_restarts, FLAGS.paired_baseline)
+        problems = []
+        try:
+            text = report(FLAGS.results_dir, FLAGS.expected_restarts, FLAGS.paired_baseline,
+                          problems=problems)
+        finally:        # each skipped file: one line, before the tables or the error
+            for line in dict.fromkeys(problems):
+                print(f"warning: {line}; skipped", file=sys.stderr)
         print(text)
         if FLAGS.update_readme:
+            if problems:     # a table silently missing a row must not reach the README
+                raise UsageError(f"not updating {FLAGS.readme}: {len(set(problems))} results "
+                                 "file(s) under --results_dir were skipped (warnings above)")
+
             def make_table(datasets=None, paired_baseline=FLAGS.paired_baseline):
                 return report(FLAGS.results_dir, FLAGS.expected_restarts, paired_baseline,
                               datasets)

@@ -45,12 +45,25 @@ def read(path: Path, expected_sha256: str) -> Mnist:
         with np.load(path, allow_pickle=False) as npz:
             mnist = canonical(Mnist(*(npz[field] for field in Mnist._fields)))
     except Exception as e:  # any failure to read means the file cannot be trusted
-        raise CorruptCacheError(f"unreadable ({type(e).__name__}: {e})") from e
+        raise CorruptCacheError(_npz_problem(e)) from e    # callers name the file
     found = digest(mnist)
     if found != expected_sha256:
         raise CorruptCacheError(f"content sha256 {found[:12]}... is not the expected "
                                 f"{expected_sha256[:12]}...")
     return mnist
+
+
+def _npz_problem(e: BaseException) -> str:
+    """Why the cache could not be read, in a few words. Bytes that are neither a zip nor an
+    .npy header make numpy guess "pickled data" and advise loading it unsafely: wrong advice
+    for a damaged cache, so it is never passed on."""
+    if isinstance(e, ValueError) and "pickle" in str(e):
+        return "neither a zip archive nor a numpy array"
+    if isinstance(e, EOFError):
+        return "empty or cut short"
+    if isinstance(e, KeyError):
+        return f"no array {e.args[0]!r}" if e.args else "an array is missing"
+    return " ".join(f"{type(e).__name__}: {e}".split())[:160]
 
 
 def _umask() -> int:

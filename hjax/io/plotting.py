@@ -39,8 +39,10 @@ DISTANCE_COLUMNS = (
 
 # ----------------------------------------------------------------------------- loading
 
-def expand_dirs(specs: Iterable[str]) -> list[str]:
-    """Comma-separated entries and glob patterns -> existing directories, in order, no repeats."""
+def expand_dirs(specs: Iterable[str], missing: list | None = None) -> list[str]:
+    """Comma-separated entries and glob patterns -> existing directories, in order, no repeats.
+
+    ``missing`` collects the entries that name no directory (a pattern matching none)."""
     out: list[str] = []
     for spec in specs:
         for part in str(spec).split(","):
@@ -48,27 +50,48 @@ def expand_dirs(specs: Iterable[str]) -> list[str]:
             if not part:
                 continue
             matches = sorted(glob.glob(part)) if glob.has_magic(part) else [part]
-            for d in matches:
-                if os.path.isdir(d) and d not in out:
+            dirs = [d for d in matches if os.path.isdir(d)]
+            if not dirs and missing is not None:
+                missing.append(part)
+            for d in dirs:
+                if d not in out:
                     out.append(d)
     return out
 
 
-def load_runs(dirs: Sequence[str]) -> dict[str, list[dict]]:
+def load_runs(dirs: Sequence[str], problems: list | None = None) -> dict[str, list[dict]]:
     """run name -> restart records, from ``<dir>/results.jsonl`` of each directory.
 
     A run is named by its directory, as in report.py's tables (``make reproduce`` names it
     after the method), so variants of one method in their own folders (``hgp_alpha10``, a
-    method run with --alpha=10) stay separate curves. Directories without a results.jsonl
-    are skipped.
+    method run with --alpha=10) stay separate curves; two folders of the same name (erm of
+    two result sets) are never merged into one curve: both are then named with their parent
+    folder. Directories without a results.jsonl are skipped; a results.jsonl that cannot be
+    used (``hjax.io.record_checks``: unreadable, not JSON lines, records missing fields,
+    records of more than one run, a DomainBed job's records) is skipped and one line naming
+    it and why is appended to ``problems``.
     """
-    runs: dict[str, list[dict]] = {}
+    from hjax.io import record_checks
+    loaded: list[tuple[str, list[dict]]] = []
     for d in dirs:
         path = os.path.join(d, "results.jsonl")
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             continue
-        name = os.path.basename(os.path.normpath(d))
-        runs.setdefault(name, []).extend(read_jsonl(path))
+        records, problem = record_checks.load(path, "colored_mnist_curves")
+        if problem:
+            if problems is not None:
+                problems.append(problem)
+            continue
+        loaded.append((d, records))
+    names = [os.path.basename(os.path.normpath(d)) for d, _ in loaded]
+    runs: dict[str, list[dict]] = {}
+    for (d, records), name in zip(loaded, names):
+        if names.count(name) > 1:
+            name = os.path.join(os.path.basename(os.path.dirname(os.path.normpath(d))) or d,
+                                name)
+            if name in runs:                # same parent name too: the whole path
+                name = os.path.normpath(d)
+        runs[name] = records
     return runs
 
 

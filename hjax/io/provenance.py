@@ -63,7 +63,8 @@ def provenance() -> dict:
 
 def describe(prov: dict | None) -> str:
     """One short line for tables: 'hjax 0.1.0 (abc1234), jax 0.10.2, cpu (2 x cpu)'."""
-    if not isinstance(prov, dict) or not prov:
+    # Records written before provenance carry none; upgraded ones say {"recorded": false}.
+    if not isinstance(prov, dict) or not prov or prov.get("recorded") is False:
         return "provenance not recorded"
     commit = prov.get("git_commit")
     code = f"hjax {prov.get('hjax', '?')}"

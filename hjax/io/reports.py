@@ -3,7 +3,10 @@ generated blocks that hold them (behind ``python -m hjax.cli.report``; its docst
 the block markers and options).
 
 Layout read: results/<dataset or dataset_split>/<method>/results.jsonl, as the ColoredMNIST
-runs write it.
+runs write it. A method folder is one run: a results.jsonl whose records belong to more than
+one run (another run_id, or for records without one other settings), or that cannot be read,
+is left out with a warning rather than averaged (``hjax.io.record_checks``); each table
+names the code, libraries and devices that produced it (the records' provenance).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 import re
 
 from hjax.errors import ConfigError
+from hjax.io import record_checks
+from hjax.io.provenance import describe
 from hjax.io.results import SUMMARY_COLUMNS, mean_std, read_jsonl, summary_row, write_atomic
 
 METHOD_ORDER = ("erm", "irm", "vrex", "fishr", "hgp", "hutchinson", "hutchinson_shared",
@@ -26,14 +31,38 @@ EXPECTED_RESTARTS = {"colored_mnist": 10, "colored_mnist_label_shift": 5}
 BEGIN, END = "<!-- report:begin (experiments/report.py) -->", "<!-- report:end -->"
 
 
-def collect(results_dir):
-    """{dataset: {method: records}} for every results.jsonl found."""
+def collect(results_dir, problems: list | None = None):
+    """{dataset: {method: records}} for every usable results.jsonl under ``results_dir``.
+
+    A file that cannot be used (unreadable, not JSON lines, a record missing a field the
+    tables need, records of more than one run; ``hjax.io.record_checks``) is left out and one
+    line naming it and why is appended to ``problems``. ``results_dir`` must be a folder.
+    """
+    if not os.path.isdir(results_dir):
+        raise ConfigError(f"--results_dir={results_dir!r} is not a directory")
     found = {}
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "*", "results.jsonl"))):
         dataset = os.path.basename(os.path.dirname(os.path.dirname(path)))
         method = os.path.basename(os.path.dirname(path))
-        found.setdefault(dataset, {})[method] = read_jsonl(path)
+        records, problem = record_checks.load(path, "colored_mnist")
+        if problem:
+            if problems is not None:
+                problems.append(problem)
+            continue
+        found.setdefault(dataset, {})[method] = records
     return found
+
+
+def provenance_line(runs) -> str:
+    """Which code, libraries and devices produced a table's records: one description
+    (``hjax.io.provenance.describe``) or, when they differ, each with its methods."""
+    by = {}
+    for method in _order(runs):
+        for r in runs[method]:
+            by.setdefault(describe(r.get("provenance")), []).append(method)
+    if len(by) == 1:
+        return next(iter(by))
+    return "; ".join(f"{d} ({', '.join(dict.fromkeys(ms))})" for d, ms in by.items())
 
 
 def _order(methods):
@@ -71,7 +100,7 @@ def test_domain(records) -> str:
 
 
 def dataset_table(dataset, runs, expected):
-    lines = [f"**{dataset}**", "",
+    lines = [f"**{dataset}** (produced by: {provenance_line(runs)})", "",
              "| method | train acc | test acc | gray test acc | restarts | step time | "
              "test domain | published (train / test / gray) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -79,7 +108,7 @@ def dataset_table(dataset, runs, expected):
         records = runs[method]
         row = summary_row(records)
         ok = [r for r in records if r["status"] == "ok"]
-        step = mean_std([r["step_time_s"] for r in ok])[0] if ok else float("nan")
+        step = mean_std([r.get("step_time_s") for r in ok])[0] if ok else float("nan")
         restarts = row["restarts"]
         if expected and len(records) < expected:
             restarts += f" (incomplete: {len(records)} of {expected} run)"
@@ -216,12 +245,23 @@ def published_gap_table(runs, baseline="erm") -> str:
         "|---|---|---|---|---|---|", *rows]) + "\n"
 
 
-def report(results_dir, expected=None, paired_baseline="fishr", datasets=None):
-    found = collect(results_dir)
+def report(results_dir, expected=None, paired_baseline="fishr", datasets=None,
+           problems: list | None = None):
+    """The tables of every dataset folder under ``results_dir`` (or of ``datasets``). Files
+    that cannot be used are left out and named in ``problems`` (see :func:`collect`); a
+    ConfigError when ``results_dir`` is not a folder, or when it holds results files but
+    none of them is usable."""
+    skipped = [] if problems is None else problems
+    before = len(skipped)
+    all_found = collect(results_dir, skipped)
+    if not all_found and len(skipped) > before:
+        raise ConfigError(f"--results_dir={results_dir!r}: nothing usable; "
+                          f"{len(skipped) - before} results file(s) skipped (see the warnings)")
+    found = all_found
     if datasets is not None:
         found = {d: runs for d, runs in found.items() if d in datasets}
     if not found:
-        return ("No results yet under results/"
+        return (f"No results yet under {results_dir}"
                 + (f" for {', '.join(datasets)}" if datasets else "") + ".\n")
     parts = []
     for d in sorted(found):

@@ -7,6 +7,8 @@ import math
 import os
 import tempfile
 
+from hjax.errors import ConfigError
+
 
 def write_atomic(path: str, text: str | bytes) -> None:
     """Write ``text`` (str or bytes) to ``path``: readers see the old file or the new one."""
@@ -31,9 +33,54 @@ def write_jsonl(path: str, records) -> None:
     write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
+class ResultsFileError(ConfigError):
+    """A results file that cannot be used, in one line: the file, the line, and why."""
+
+
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records (JSON objects, one per line) of ``path``; blank lines are skipped.
+
+    Raises :class:`ResultsFileError` (a ConfigError, so a ValueError) naming the file and
+    what is wrong with it: unreadable (missing, a folder, no permission), not UTF-8 text
+    (binary), a line that is not JSON (e.g. cut short), or a line that is not an object.
+    ``NaN`` / ``Infinity`` are accepted here, as Python's json writes them (a diverged
+    restart's metrics); readers that average a field check it is finite
+    (``hjax.io.record_checks``).
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ResultsFileError(f"{path}: cannot be read ({e.strerror or type(e).__name__})"
+                               ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ResultsFileError(f"{path}: not UTF-8 text (binary or damaged; byte {e.start})"
+                               ) from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            cut = number == len(lines)          # the last line, without its newline
+            raise ResultsFileError(
+                f"{path}: line {number} is not valid JSON ("
+                + ("cut short: a truncated file?" if cut else getattr(e, "msg", str(e)))
+                + ")") from None
+        if not isinstance(record, dict):
+            raise ResultsFileError(f"{path}: line {number} is a JSON "
+                                   f"{_json_kind(record)}, not a record (an object)")
+        records.append(record)
+    return records
+
+
+def _json_kind(value) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
 
 
 def mean_std(values) -> tuple[float, float]:

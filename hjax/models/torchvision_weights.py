@@ -240,7 +240,19 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     except OSError as e:
         raise WeightsFileError(f"{path}: cannot read ({_one_line(e)})") from None
     except (zipfile.BadZipFile, ValueError, EOFError, KeyError, zipfile.LargeZipFile) as e:
-        raise WeightsFileError(f"{path}: not a readable .npz file ({_one_line(e)})") from None
+        raise WeightsFileError(f"{path}: corrupt or not an .npz file ({npz_problem(e)})"
+                               ) from None
+
+
+def npz_problem(e: BaseException) -> str:
+    """Why np.load(allow_pickle=False) failed, in a few words. Bytes that are neither a zip
+    nor an .npy header make numpy guess "pickled data" and advise loading it unsafely:
+    that advice is wrong for a damaged file, so it is never passed on."""
+    if isinstance(e, ValueError) and "pickle" in str(e):
+        return "neither a zip archive nor a numpy array"
+    if isinstance(e, EOFError):
+        return "empty or cut short"
+    return _one_line(e)
 
 
 def read_pth(path: str) -> dict[str, np.ndarray]:

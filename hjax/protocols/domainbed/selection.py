@@ -17,6 +17,9 @@ population std / sqrt(n), DomainBed's ``format_mean``); "Avg" averages over test
 each trial first. A missing cell is "X", and a note under the table names the missing cells
 and those with fewer trials than the others. ``results_table`` gives Markdown,
 ``results_table_latex`` the same numbers as a LaTeX tabular.
+
+Selection and averaging assume one sweep: ``sweeps`` splits runs of other settings (steps,
+data, image settings; everything in a job's identity but what a sweep varies) apart first.
 """
 
 from __future__ import annotations
@@ -103,6 +106,53 @@ def group_runs(runs: Iterable[list[dict]]):
             key2 = (a["dataset"], a["algorithm"], a["test_envs"][1], a["trial_seed"])
             groups[key2][a["hparams_seed"]]["pairs"].append(run)
     return groups
+
+
+class Sweep(NamedTuple):
+    """Jobs that may be selected among and averaged: one dataset, one set of settings."""
+    dataset: str
+    title: str          # the dataset, and what sets this sweep apart if it has siblings
+    runs: list
+
+
+def sweeps(runs: Iterable[list[dict]], warn=None) -> list[Sweep]:
+    """``runs`` split into sweeps by ``hjax.io.record_checks.sweep_key`` (a job's identity
+    without the algorithm, seeds, test envs and hparams a sweep varies), so that jobs of other steps,
+    data or image settings are never averaged together. A job with the same algorithm, test
+    envs and seeds as an earlier one of its sweep is left out (``warn`` gets one line): group
+    slots hold one run, and the later one would silently replace the earlier."""
+    from hjax.io import record_checks, run_identity
+    groups: dict[tuple[str, str], tuple[dict, list]] = {}
+    seen: dict[tuple, list] = {}
+    for run in runs:
+        if not run:
+            continue
+        a = _args(run)
+        key, settings = record_checks.sweep_key(run[0])
+        slot = (a["dataset"], key, a["algorithm"], tuple(a["test_envs"]), a["hparams_seed"],
+                a["trial_seed"])
+        if slot in seen:
+            if warn is not None:
+                warn(f"two jobs of {a['dataset']} {a['algorithm']} test_envs={a['test_envs']} "
+                     f"hparams_seed={a['hparams_seed']} trial_seed={a['trial_seed']} with the "
+                     f"same settings ({record_checks.label(seen[slot][0], 'domainbed')} and "
+                     f"{record_checks.label(run[0], 'domainbed')}); the second is left out")
+            continue
+        seen[slot] = run
+        groups.setdefault((a["dataset"], key), (settings, []))[1].append(run)
+    out = []
+    for dataset in sorted({d for d, _ in groups}):
+        keys = sorted(k for d, k in groups if d == dataset)
+        base = groups[(dataset, keys[0])][0]
+        for i, key in enumerate(keys):
+            settings, members = groups[(dataset, key)]
+            title = dataset
+            if len(keys) > 1:     # name what sets it apart from the first sweep
+                title += (f" (sweep {i + 1} of {len(keys)}"
+                          + (f": {run_identity.identity_diff(base, settings)}" if i else "")
+                          + ")")
+            out.append(Sweep(dataset, title, members))
+    return out
 
 
 def select(method: str, by_hparams) -> float | None:
@@ -197,10 +247,11 @@ def compute_table(runs, method: str, dataset: str, env_names=None) -> Table:
     return Table(dataset, method, test_envs, names, rows, notes)
 
 
-def results_table(runs, method: str, dataset: str, env_names=None) -> str:
-    """Markdown table for one dataset and selection method."""
+def results_table(runs, method: str, dataset: str, env_names=None, title=None) -> str:
+    """Markdown table for one dataset and selection method (``title``: the dataset's, by
+    default its name)."""
     tab = compute_table(runs, method, dataset, env_names)
-    lines = [f"### {dataset}, {TITLES[method]}", "",
+    lines = [f"### {title or dataset}, {TITLES[method]}", "",
              "| algorithm | " + " | ".join(tab.env_names) + " | Avg |",
              "|---" * (len(tab.test_envs) + 2) + "|"]
     for alg, cells, avg in tab.rows:
@@ -219,10 +270,10 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
 
 
-def results_table_latex(runs, method: str, dataset: str, env_names=None) -> str:
+def results_table_latex(runs, method: str, dataset: str, env_names=None, title=None) -> str:
     """The same table as a LaTeX tabular (one column per test env, then Avg; $mean \\pm se$)."""
     tab = compute_table(runs, method, dataset, env_names)
-    lines = [f"% {dataset}, {TITLES[method]}",
+    lines = [f"% {title or dataset}, {TITLES[method]}",
              r"\begin{tabular}{l" + "c" * (len(tab.test_envs) + 1) + "}",
              r"\hline",
              "Algorithm & " + " & ".join(latex_escape(n) for n in tab.env_names)

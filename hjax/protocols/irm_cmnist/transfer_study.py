@@ -22,7 +22,7 @@ import jax
 from hjax import data
 from hjax.analysis import transferability
 from hjax.errors import ConfigError, check_choice, check_positive, ensure_writable_dir
-from hjax.io import params_io, plotting
+from hjax.io import params_io, plotting, record_checks
 from hjax.io.results import read_jsonl, write_atomic, write_jsonl
 from hjax.models import irm_mlp
 from hjax.protocols import sharding
@@ -182,12 +182,20 @@ def saved_models(f, mnist, methods_given: bool, previous: dict, deltas, warn=_LO
     found = 0
     for d in dirs:
         path = os.path.join(d, "results.jsonl")
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             continue
         missing = []
         name = os.path.basename(os.path.normpath(d))
-        for rec in read_jsonl(path):
+        records, problem = record_checks.load(path, "colored_mnist_curves")
+        if problem:
+            warn(f"warning: {problem}; skipped")
+            continue
+        for rec in records:
             if rec.get("status") != "ok" or not rec.get("params_file"):
+                continue
+            problem = record_checks.saved_model_problem(rec)
+            if problem:
+                warn(f"warning: {path}: restart {rec['restart']}: {problem}; skipped")
                 continue
             if methods_given and rec["method"] not in f.methods:
                 continue
