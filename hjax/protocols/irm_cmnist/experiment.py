@@ -21,7 +21,7 @@ from hjax.protocols.irm_cmnist.train import METHODS
 from hjax.io.results import read_jsonl, summary_table, write_atomic, write_jsonl
 
 _LOG = logging.getLogger("hjax")
-# Which images form the test domain, recorded with every restart: since issue 17, the scripts'
+# Which images form the test domain, recorded with every restart: since the test-domain fix, the scripts'
 # MNIST train[50000:60000] in every restart, and a gray twin with its own label noise. Records
 # without it (an earlier random 10,000 of the 60,000 per restart) or with another value (the
 # same images, gray labels shared with the colored test domain) are not resumed.
