@@ -1,10 +1,10 @@
-"""Benchmark: the Hessian-alignment penalty plus its gradient, per method and head size.
+r"""Benchmark: the Hessian-alignment penalty plus its gradient, per method and head size.
 
     python experiments/bench_penalty.py [--repeats=5] [--cases=a,b,c] [--output=FILE.md]
 
 Times jax.value_and_grad of the penalty w.r.t. the head and the features (what a train step
 pays), median of --repeats runs after a warm-up; compile time is measured separately from
-``lower().compile()``. Cases follow issue 2: (a) 390 -> 1 logistic head, 2 domains x 25,000;
+``lower().compile()``. Cases: (a) 390 -> 1 logistic head, 2 domains x 25,000;
 (b) 2048 x 65 softmax head, 3 domains x 32; (c) 2048 x 345 softmax head, 5 domains x 32.
 exact_diag by autodiff needs P basis HVPs per domain: where that is too slow to run, it is
 timed on one chunk of basis vectors and extrapolated (marked ~).

@@ -1,4 +1,4 @@
-"""Step time and memory of DomainBed's image protocol: ResNet, 3 domains x 32 images per step.
+r"""Step time and memory of DomainBed's image protocol: ResNet, 3 domains x 32 images per step.
 
     python experiments/bench_resnet_step.py --arch=resnet50 --image_size=64 \
         --output=results/bench_resnet_step.md

@@ -1,4 +1,4 @@
-"""Benchmark: T DomainBed trials as one vmapped program vs T separate programs.
+r"""Benchmark: T DomainBed trials as one vmapped program vs T separate programs.
 
     python experiments/bench_vmap_trials.py [--algorithm=hgp] [--trials=1,2,4,8] \
         [--batch_size=64] [--steps=10] [--output=FILE.md]

@@ -1,4 +1,5 @@
-"""Alias of experiments/colored_mnist.py, the design card's entry point (`python -m hjax.cli.colored_mnist --help` for the flags)."""
+"""Alias of experiments/colored_mnist.py, i.e. ``python -m hjax.cli.run`` or ``python -m
+hjax.cli.colored_mnist`` (``--help`` for the flags)."""
 
 from hjax.cli.colored_mnist import main
 

@@ -20,6 +20,11 @@ XLA's optimization level (the rule):
   =0 runs everything optimized (the marker is then ignored).
 
 ``pytest -n 2`` (pytest-xdist, what ``make test`` runs) and plain ``pytest`` both work.
+
+Precision: every test runs at full float32 precision, on CPU and GPU alike (tests/precision.py).
+Backends: a test about XLA:CPU itself (several fake host devices) runs its subprocess with
+``JAX_PLATFORMS=cpu``, so it checks the same thing on a GPU machine; a test whose expectation
+depends on the backend states both (e.g. ``resolve_batching("auto")``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ import tempfile
 import pytest
 
 import jax
+
+import precision
+
+# Full float32 matmuls and convolutions on every backend (no TF32 on GPUs): tests/precision.py.
+precision.configure_jax()
 
 _ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 _FORCED = os.environ.get(_ENV)           # the user's choice for the whole suite, if any

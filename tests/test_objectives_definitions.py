@@ -1,4 +1,4 @@
-"""Every registered head objective against its definition (SPEC sections 2-4), on tiny
+"""Every registered head objective against its definition (docs/protocols.md), on tiny
 closed-form cases computed by hand in numpy (float64), in both protocol forms.
 
 Objectives are called directly, ``penalty_fn(Inputs, state, key, hp, form) -> Output``; the

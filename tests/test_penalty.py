@@ -299,3 +299,128 @@ def _bad(**kw):
 def test_bad_input_raises_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _bad(**kwargs)
+
+
+# --- The forms a batch may take, and the ones that are refused ---------------------------
+
+@pytest.mark.parametrize("method", ["hgp", "exact_diag", "hutchinson"])
+def test_list_of_per_domain_batches_equals_stacked_batch_exactly(method):
+    head, batches = make_problem(3, 3)
+    loss_fn = head_loss_fn("softmax")
+    as_list = [domain(batches, e) for e in range(3)]
+    kw = dict(method=method, key=jax.random.key(1), num_probes=4, alpha=0.7, beta=1.3)
+    stacked = hjax.hessian_penalty(loss_fn, head, batches, **kw)
+    listed = hjax.hessian_penalty(loss_fn, head, as_list, **kw)
+    assert float(stacked) > 0
+    np.testing.assert_array_equal(listed, stacked)
+
+
+def test_list_of_tuple_batches_is_the_domainbed_minibatches_form():
+    head, batches = make_problem(4, 2)
+
+    def loss_fn(h, batch):
+        x, y = batch
+        return hjax.linear_head.loss_value(h, x, y)
+
+    minibatches = [(batches["features"][e], batches["labels"][e]) for e in range(2)]
+    got = hjax.hessian_penalty(loss_fn, head, minibatches, method="hgp")
+    want = hjax.hessian_penalty(head_loss_fn("softmax"), head, batches, method="hgp")
+    np.testing.assert_array_equal(got, want)
+
+
+def test_list_with_unequal_domain_sizes_names_the_domain_and_shapes():
+    head, batches = make_problem(5, 2)
+    as_list = [domain(batches, 0), jax.tree_util.tree_map(lambda a: a[1, :7], batches)]
+    with pytest.raises(ValueError, match=r"domain_batches\[1\]\['features'\] has shape "
+                                         r"\(7, 4\) but domain_batches\[0\]\['features'\] "
+                                         r"has \(12, 4\)"):
+        hjax.hessian_penalty(head_loss_fn("softmax"), head, as_list, method="hgp")
+
+
+def test_list_with_different_structures_is_refused():
+    head, batches = make_problem(5, 2)
+    other = dict(domain(batches, 1), weights=jnp.full((12,), 1 / 12))
+    with pytest.raises(ValueError, match=r"domain_batches\[1\] has structure"):
+        hjax.hessian_penalty(head_loss_fn("softmax"), head, [domain(batches, 0), other],
+                             method="hgp")
+
+
+def test_list_of_one_domain_is_refused():
+    head, batches = make_problem(5, 2)
+    with pytest.raises(ValueError, match="at least 2 domains.*list of 1"):
+        hjax.hessian_penalty(head_loss_fn("softmax"), head, [domain(batches, 0)],
+                             method="hgp")
+
+
+def test_batch_without_domain_axis_is_refused_with_expected_shape():
+    # {"x": [n, d], "y": [n]} has consistent leading axes (n); read as n domains it would give
+    # a number, so the rank check has to catch it.
+    head, batches = make_problem(6, 2)
+    one = domain(batches, 0)
+    with pytest.raises(ValueError, match=r"domain_batches\['labels'\] has shape \(12,\).*"
+                                         r"expected leaves \[E, n, \.\.\.\]"):
+        hjax.hessian_penalty(head_loss_fn("softmax"), head, one, method="hgp")
+
+
+def test_num_domains_admits_per_domain_scalars_and_checks_e():
+    head, batches = make_problem(7, 3)
+    scale = jnp.array([1.0, 2.0, 0.5])
+
+    def scaled_loss(h, batch):
+        return batch["scale"] * head_loss_fn("softmax")(h, batch)
+
+    with_scale = dict(batches, scale=scale)
+    got = hjax.hessian_penalty_terms(scaled_loss, head, with_scale, method="hgp",
+                                     num_domains=3)
+    # Oracle: the same penalty with the scale folded into per-example weights.
+    weighted = dict(batches, weights=jnp.broadcast_to(scale[:, None] / 12, (3, 12)))
+    want = hjax.hessian_penalty_terms(head_loss_fn("softmax"), head, weighted, method="hgp")
+    np.testing.assert_allclose([got.hessian, got.gradient], [want.hessian, want.gradient],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match=r"leading \(domain\) axis of 3, but num_domains=2"):
+        hjax.hessian_penalty(scaled_loss, head, with_scale, method="hgp", num_domains=2)
+    with pytest.raises(ValueError, match="num_domains must be an integer >= 2"):
+        hjax.hessian_penalty(scaled_loss, head, with_scale, method="hgp", num_domains=1)
+
+
+def test_different_leading_axes_name_the_leaves():
+    head, batches = make_problem(8, 3)
+    bad = dict(batches, labels=batches["labels"][:2])
+    with pytest.raises(ValueError, match=r"2 \(\['labels'\]\), 3 \(\['features'\]\)"):
+        hjax.hessian_penalty(head_loss_fn("softmax"), head, bad, method="hgp")
+
+
+def test_hessian_penalty_takes_chunk_size_and_keeps_its_value():
+    head, batches = make_problem(9, 2)
+    loss_fn = head_loss_fn("softmax")
+    kw = dict(method="hutchinson", key=jax.random.key(2), num_probes=6)
+    whole = hjax.hessian_penalty(loss_fn, head, batches, **kw)
+    chunked = hjax.hessian_penalty(loss_fn, head, batches, chunk_size=4, **kw)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5)
+    exact = hjax.hessian_penalty(loss_fn, head, batches, method="exact_diag", chunk_size=5)
+    np.testing.assert_allclose(exact, hjax.hessian_penalty(loss_fn, head, batches,
+                                                           method="exact_diag"), rtol=1e-5)
+
+
+@pytest.mark.parametrize("head_params,match", [
+    ({"w": jnp.ones((4, 3)), "b": jnp.ones(3)},
+     r"keys \['bias', 'kernel'\].*got keys \['b', 'w'\]"),
+    ({"kernel": jnp.ones((4, 3))}, r"got keys \['kernel'\]"),
+    ((jnp.ones((4, 3)), jnp.ones(3)), "got a tuple"),
+    ({"kernel": jnp.ones((4, 3)), "bias": jnp.ones(2)}, r"kernel \(4, 3\) and bias \(2,\)"),
+])
+def test_linear_head_penalty_names_found_and_expected_head_keys(head_params, match):
+    _, batches = make_problem(10, 2)
+    with pytest.raises(ValueError, match=match):
+        hjax.linear_head_penalty(head_params, batches["features"], batches["labels"],
+                                 method="hgp")
+
+
+def test_linear_head_penalty_refuses_features_without_domain_axis():
+    head, batches = make_problem(11, 2)
+    with pytest.raises(ValueError, match=r"features has shape \(12, 4\); expected \[E, n, d\]"):
+        hjax.linear_head_penalty(head, batches["features"][0], batches["labels"][0],
+                                 method="hgp")
+    with pytest.raises(ValueError, match=r"labels has shape \(2, 5\); expected \[E, n\]"):
+        hjax.linear_head_penalty(head, batches["features"], batches["labels"][:, :5],
+                                 method="hgp")

@@ -17,10 +17,14 @@ torchvision = pytest.importorskip("torchvision")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from precision import torch_full_float32  # noqa: E402
 
 from hjax.models import torchvision_weights as tw  # noqa: E402
 
 pytestmark = pytest.mark.torchvision
+# Both sides in full float32 (tests/precision.py; conftest sets JAX's): with TF32 convolutions
+# on a GPU ResNet-50 differs by ~1e-4, over the float32 tolerance below.
+torch_full_float32(torch)
 
 
 def random_torchvision(arch, seed=0):

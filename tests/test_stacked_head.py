@@ -176,7 +176,9 @@ def test_sharded_features_are_not_gathered_onto_every_device():
     """Examples are sharded over devices; the head terms must reduce over them, never
     gather all features onto each device (a reshape merging the domain and example axes
     once did)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    # XLA:CPU's fake devices, also on a machine with one GPU (which would shard over one).
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], capture_output=True,
                           text=True, env=env, timeout=300,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,4 +1,4 @@
-"""One DomainBed training job (docs/protocols.md), resumable.
+r"""One DomainBed training job (docs/protocols.md), resumable.
 
     python experiments/train.py --dataset=rotated_mnist --algorithm=hutchinson \
         --test_envs=0 --hparams_seed=0 --trial_seed=0 --output_dir=runs/rmnist-hutch-0

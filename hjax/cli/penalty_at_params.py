@@ -1,4 +1,4 @@
-"""The ColoredMNIST-script penalty terms at a trained model's params: exact vs estimated.
+r"""The ColoredMNIST-script penalty terms at a trained model's params: exact vs estimated.
 
     python experiments/penalty_at_params.py --input_dir=results/colored_mnist/hutchinson \
         --restart=0 [--num_probes=150] [--keys=5]

@@ -1,4 +1,4 @@
-"""PNG figures and a Markdown table from experiments/run.py results (one directory per method).
+r"""PNG figures and a Markdown table from experiments/run.py results (one directory per method).
 
     python experiments/plot.py --input_dirs='results/colored_mnist/*' --output_dir=figures \
         [--transfer_file=results/transferability/colored_mnist/transferability.jsonl]

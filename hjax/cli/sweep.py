@@ -1,4 +1,4 @@
-"""A DomainBed sweep: launch | status | delete_incomplete.
+r"""A DomainBed sweep: launch | status | delete_incomplete.
 
     python experiments/sweep.py launch --datasets=domainbed_colored_mnist,rotated_mnist \
         --algorithms=erm,hgp,hutchinson --n_hparams=20 --n_trials=3 --single_test_envs \
@@ -73,8 +73,9 @@ flags.DEFINE_list("algorithms", ["erm"], "algorithms")
 flags.DEFINE_integer("n_hparams", 20, "hparams seeds n_hparams_from .. n_hparams-1 (0 = defaults)")
 flags.DEFINE_integer("n_hparams_from", 0, "first hparams seed")
 flags.DEFINE_integer("n_trials", 3, "trial seeds 0 .. n_trials-1")
-flags.DEFINE_bool("single_test_envs", False, "only jobs with one test env (the default; "
-                  "excludes --with_pairs)")
+flags.DEFINE_bool("single_test_envs", False, "state explicitly that jobs hold out one test "
+                  "env each, which they do anyway unless --with_pairs is given (the flag then "
+                  "refuses --with_pairs)")
 flags.DEFINE_bool("with_pairs", False, "also every pair of test envs (leave-one-out selection)")
 flags.DEFINE_string("launcher", "local", "how jobs run: " + " | ".join(LAUNCHERS))
 flags.DEFINE_integer("max_workers", None, "jobs at once: local_parallel and submitit_local "

@@ -1,4 +1,4 @@
-"""Transfer measure (training domains -> test domain) of trained ColoredMNIST models, per method.
+r"""Transfer measure (training domains -> test domain) of trained ColoredMNIST models, per method.
 
 Trains the models itself (same protocol, seeds and data as experiments/run.py):
 

@@ -43,22 +43,79 @@ class PenaltyTerms(NamedTuple):
     gradient: jax.Array
 
 
-def _num_domains(domain_batches) -> int:
-    leaves = jax.tree_util.tree_leaves(domain_batches)
+def _path(path) -> str:
+    return "".join(str(k) for k in path) or "(the array itself)"
+
+
+def stack_domain_batches(domain_batches) -> PyTree:
+    """A list of per-domain batches -> one pytree with a leading domain axis; else unchanged.
+
+    Only a ``list`` is read as per-domain batches (DomainBed's ``minibatches`` form, e.g.
+    ``[(x_0, y_0), (x_1, y_1), ...]``); a tuple or dict is one stacked batch, since
+    ``(features, labels)`` with leaves [E, ...] is a common stacked form. The domains' batches
+    must have the same structure and shapes (pad to a common size, e.g. with per-example
+    weights in the loss, if they differ).
+    """
+    if not isinstance(domain_batches, list):
+        return domain_batches
+    if len(domain_batches) < 2:
+        raise ValueError(f"need at least 2 domains to align, got a list of "
+                         f"{len(domain_batches)} per-domain batch(es)")
+    first = jax.tree_util.tree_flatten_with_path(domain_batches[0])
+    for e, batch in enumerate(domain_batches[1:], start=1):
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(batch)
+        if treedef != first[1]:
+            raise ValueError(f"domain_batches[{e}] has structure {treedef} but "
+                             f"domain_batches[0] has {first[1]}; every domain's batch needs "
+                             f"the same structure to be stacked")
+        for (path, a), (_, b) in zip(first[0], leaves):
+            if jnp.shape(a) != jnp.shape(b):
+                raise ValueError(
+                    f"domain_batches[{e}]{_path(path)} has shape {jnp.shape(b)} but "
+                    f"domain_batches[0]{_path(path)} has {jnp.shape(a)}; per-domain batches "
+                    f"are stacked, so their shapes must agree (pad to a common size, e.g. "
+                    f"with per-example weights in loss_fn)")
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *domain_batches)
+
+
+def _num_domains(domain_batches, num_domains: int | None = None) -> int:
+    """E, the leading (domain) axis shared by every leaf, checked as far as shapes allow.
+
+    A batch without a domain axis (``{"x": [n, d], "y": [n]}``) has consistent leading axes
+    too (E = n), so the rank is checked as well: without ``num_domains``, every leaf must keep
+    at least one axis once the domain axis is removed (a per-domain batch holds examples),
+    which turns that mistake's ``y`` into an error. ``num_domains=E`` pins E instead and then
+    admits per-domain scalars (leaves of shape [E]).
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(domain_batches)
     if not leaves:
         raise ValueError("domain_batches has no array leaves; expected leaves with a "
                          "leading domain axis of size E >= 2")
-    sizes = set()
-    for leaf in leaves:
+    if num_domains is not None and (isinstance(num_domains, bool)
+                                    or not isinstance(num_domains, int) or num_domains < 2):
+        raise ValueError(f"num_domains must be an integer >= 2, got {num_domains!r}")
+    sizes = {}
+    for path, leaf in leaves:
         shape = jnp.shape(leaf)
         if len(shape) == 0:
-            raise ValueError("domain_batches has a scalar leaf; every leaf needs a leading "
-                             "domain axis of size E >= 2")
-        sizes.add(shape[0])
+            raise ValueError(f"domain_batches{_path(path)} is a scalar; every leaf needs a "
+                             f"leading domain axis of size E >= 2")
+        if len(shape) == 1 and num_domains is None:
+            raise ValueError(
+                f"domain_batches{_path(path)} has shape {shape}: with the domain axis removed "
+                f"it is a scalar, so the batch may lack its domain axis (expected leaves "
+                f"[E, n, ...], e.g. features [E, n, d] and labels [E, n]); stack the domains' "
+                f"batches on a leading axis, pass a list of per-domain batches, or give "
+                f"num_domains=E if this leaf is one value per domain")
+        sizes.setdefault(shape[0], _path(path))
     if len(sizes) > 1:
-        raise ValueError(f"domain_batches leaves have different leading (domain) axes "
-                         f"{sorted(sizes)}; all must share one size E >= 2")
-    n = sizes.pop()
+        found = ", ".join(f"{n} ({where})" for n, where in sorted(sizes.items()))
+        raise ValueError(f"domain_batches leaves have different leading (domain) axes: "
+                         f"{found}; all must share one size E >= 2")
+    n = next(iter(sizes))
+    if num_domains is not None and n != num_domains:
+        raise ValueError(f"domain_batches has a leading (domain) axis of {n}, but "
+                         f"num_domains={num_domains}")
     if n < 2:
         raise ValueError(f"need at least 2 domains to align, got E={n}")
     return n
@@ -91,13 +148,13 @@ def _sq_dist_per_domain(stacked, ref):
 
 def _penalty_terms(linearize, exact_diag, head_params, domain_batches, *, method, key,
                    num_probes, reduction, stop_gradient_reference, chunk_size,
-                   probes="independent", probe_estimates=None):
+                   probes="independent", probe_estimates=None, num_domains=None):
     """Shared combiner: ``linearize(params, batch) -> (g, v -> H v)`` for one domain.
 
     ``probe_estimates(params, batch, hvp_fn, keys) -> [estimate per key]`` computes one
     domain's Hutchinson estimates; the default probes the data with ``hvp_fn``.
     """
-    num_domains = _num_domains(domain_batches)
+    num_domains = _num_domains(domain_batches, num_domains)
     _validate(method, key, num_probes, reduction, probes)
     if probe_estimates is None:
         def probe_estimates(params, batch, hvp_fn, keys):
@@ -165,12 +222,14 @@ def hessian_penalty_terms(loss_fn: Callable[[PyTree, PyTree], jax.Array], head_p
                           num_probes: int = 100, key: jax.Array | None = None,
                           reduction: str = "mean", stop_gradient_reference: bool = True,
                           chunk_size: int | None = None,
-                          probes: str = "independent") -> PenaltyTerms:
+                          probes: str = "independent",
+                          num_domains: int | None = None) -> PenaltyTerms:
     """The Hessian term and the gradient term of :func:`hessian_penalty`, unweighted.
 
-    ``chunk_size`` bounds how many probes (Hutchinson) or basis vectors (exact_diag) are
-    vmapped at once; the default keeps one chunk to ~16M tangent elements.
+    Arguments as :func:`hessian_penalty`.
     """
+    domain_batches = stack_domain_batches(domain_batches)
+
     def linearize(params, batch):
         return jax.linearize(jax.grad(lambda p: loss_fn(p, batch)), params)
 
@@ -180,22 +239,28 @@ def hessian_penalty_terms(loss_fn: Callable[[PyTree, PyTree], jax.Array], head_p
     return _penalty_terms(linearize, exact_diag, head_params, domain_batches, method=method,
                           key=key, num_probes=num_probes, reduction=reduction,
                           stop_gradient_reference=stop_gradient_reference,
-                          chunk_size=chunk_size, probes=probes)
+                          chunk_size=chunk_size, probes=probes, num_domains=num_domains)
 
 
 def hessian_penalty(loss_fn: Callable[[PyTree, PyTree], jax.Array], head_params: PyTree,
                     domain_batches: PyTree, *, method: str = "hutchinson", alpha: float = 1.0,
                     beta: float = 1.0, num_probes: int = 100, key: jax.Array | None = None,
                     reduction: str = "mean", stop_gradient_reference: bool = True,
-                    probes: str = "independent") -> jax.Array:
+                    chunk_size: int | None = None, probes: str = "independent",
+                    num_domains: int | None = None) -> jax.Array:
     """Hessian- and gradient-alignment penalty across E >= 2 domains (scalar).
 
     Args:
       loss_fn: ``loss_fn(head_params, batch) -> scalar``, the mean loss of one domain's batch.
       head_params: the classifier-head parameters (any pytree); curvature is taken w.r.t. them.
-      domain_batches: pytree whose leaves all have a leading domain axis of size E >= 2;
-        domain e's batch is ``tree_map(lambda a: a[e], domain_batches)``. Anything in it (e.g.
-        featurizer outputs) receives gradients through the penalty.
+      domain_batches: the E >= 2 domains' batches, either stacked (a pytree, e.g. a dict or
+        tuple, whose leaves all have a leading domain axis of size E: domain e's batch is
+        ``tree_map(lambda a: a[e], domain_batches)``) or as a ``list`` of E per-domain
+        batches of equal structure and shapes (stacked here). Every leaf must have at least
+        one axis besides the domain axis (e.g. features [E, n, d], labels [E, n]) unless
+        ``num_domains`` is given; a batch without its domain axis is refused, not read as n
+        domains. Anything in it (e.g. featurizer outputs) receives gradients through the
+        penalty.
       method: "hgp", "hutchinson" or "exact_diag" (see module docstring).
       alpha, beta: weights of the Hessian term and of the gradient term.
       num_probes: Rademacher probes per estimate (Hutchinson only).
@@ -203,17 +268,25 @@ def hessian_penalty(loss_fn: Callable[[PyTree, PyTree], jax.Array], head_params:
       reduction: "mean" over domains (DomainBed form) or "sum" (ColoredMNIST-script form).
       stop_gradient_reference: stop gradients through Abar and gbar (the authors' DomainBed
         form) or let them flow (their ColoredMNIST form). The value is the same either way.
+      chunk_size: how many probes (Hutchinson) or basis vectors (exact_diag) are vmapped at
+        once; the default keeps one chunk to ~16M tangent elements.
       probes: Hutchinson only. "independent" (the paper's form: fresh probes per domain and an
         independent estimate of diag(Hbar)) or "shared" (hjax extension: one probe set for all
         domains and the reference; no variance floor once the Hessians align, half the HVPs).
+      num_domains: optional E, checked against the leading axis; with it, leaves of shape [E]
+        (one value per domain) are allowed.
 
     Returns:
       red_e [alpha ||A_e - Abar||^2 + beta ||g_e - gbar||^2], a scalar.
+
+    Raises:
+      ValueError: one line saying which leaf or argument is wrong and what was expected.
     """
     terms = hessian_penalty_terms(loss_fn, head_params, domain_batches, method=method,
                                   num_probes=num_probes, key=key, reduction=reduction,
                                   stop_gradient_reference=stop_gradient_reference,
-                                  probes=probes)
+                                  chunk_size=chunk_size, probes=probes,
+                                  num_domains=num_domains)
     return alpha * terms.hessian + beta * terms.gradient
 
 
@@ -250,6 +323,7 @@ def linear_head_penalty_terms(head_params: PyTree, features: jax.Array, labels: 
         that function of ``head_params`` and ``features`` for the gradients to be right.
     """
     linear_head._check_loss(loss)
+    _check_linear_head_inputs(head_params, features, labels, weights)
     if probe_products not in PROBE_PRODUCTS:
         raise ValueError(f"unknown probe_products {probe_products!r}; valid: "
                          f"{', '.join(PROBE_PRODUCTS)}")
@@ -288,6 +362,29 @@ def linear_head_penalty_terms(head_params: PyTree, features: jax.Array, labels: 
                           stop_gradient_reference=stop_gradient_reference,
                           chunk_size=chunk_size, probes=probes,
                           probe_estimates=dense_estimates if use_dense else None)
+
+
+def _check_linear_head_inputs(head_params, features, labels, weights) -> None:
+    """Head keys and the [E, n, d] / [E, n] shapes, named in one line when they are wrong."""
+    keys = sorted(head_params) if hasattr(head_params, "keys") else None
+    if keys != ["bias", "kernel"]:
+        found = (f"keys {keys}" if keys is not None
+                 else f"a {type(head_params).__name__}")
+        raise ValueError(
+            f"head_params must be a dict with keys ['bias', 'kernel'] (Flax Dense layout: "
+            f"kernel [d, C], bias [C]); got {found}. Rename the head's parameters, or use "
+            f"hessian_penalty with a loss_fn for another head")
+    kernel, bias = jnp.shape(head_params["kernel"]), jnp.shape(head_params["bias"])
+    if len(kernel) != 2 or bias != kernel[1:]:
+        raise ValueError(f"head_params has kernel {kernel} and bias {bias}; expected "
+                         f"kernel [d, C] and bias [C]")
+    if jnp.ndim(features) != 3 or jnp.shape(features)[-1] != kernel[0]:
+        raise ValueError(f"features has shape {jnp.shape(features)}; expected [E, n, d] with "
+                         f"d = {kernel[0]} (the kernel's first axis)")
+    for name, a in (("labels", labels), ("weights", weights)):
+        if a is not None and jnp.shape(a) != jnp.shape(features)[:2]:
+            raise ValueError(f"{name} has shape {jnp.shape(a)}; expected [E, n] = "
+                             f"{jnp.shape(features)[:2]}, like features' first two axes")
 
 
 def _dense_is_cheaper(n, d, c, num_probes, estimates_per_domain, max_params=4096):

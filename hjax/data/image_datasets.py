@@ -67,7 +67,7 @@ class ImageDatasetInfo(NamedTuple):
     env_names: tuple[str, ...]        # short names used in DomainBed's tables
     classes: tuple[str, ...] | None   # sorted class folders; None: read from disk
     num_classes: int
-    expected_totals: tuple[int, ...]  # accepted total image counts (SPEC section 9)
+    expected_totals: tuple[int, ...]  # accepted total image counts (docs/diversity_shift.md)
     checkpoint_freq: int = 300
 
 

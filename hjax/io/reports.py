@@ -26,7 +26,7 @@ METHOD_ORDER = ("erm", "irm", "vrex", "fishr", "hgp", "hutchinson", "hutchinson_
 # docs/protocols.md, "Published numbers": Fishr paper, Table 2 (IRM-protocol ColoredMNIST; train / test / gray test).
 PUBLISHED = {"erm": "86.4 / 14.0 / 71.0", "irm": "71.0 / 65.6 / 66.1",
              "vrex": "71.7 / 67.2 / 68.6", "fishr": "71.0 / 69.5 / 70.2"}
-# Restarts the README's protocol asks for (issue 4): 10, and 5 for the label-shift tables.
+# Restarts the README's protocol asks for: 10, and 5 for the label-shift tables.
 EXPECTED_RESTARTS = {"colored_mnist": 10, "colored_mnist_label_shift": 5}
 BEGIN, END = "<!-- report:begin (experiments/report.py) -->", "<!-- report:end -->"
 
@@ -69,7 +69,7 @@ def _order(methods):
     return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
 
 
-# Folder suffix of the runs kept from before the test-domain fix (issue 17), e.g.
+# Folder suffix of the runs kept from before the test-domain fix, e.g.
 # results/colored_mnist_before_fix/<method>: complete tables, but on other test images.
 BEFORE_FIX_SUFFIX = "_before_fix"
 
@@ -88,7 +88,7 @@ def protocol_of(dataset: str) -> str:
     return name
 
 
-# Records written before issue 17 carry no ``test_domain``: each restart tested on a random
+# Records written before the test-domain fix carry no ``test_domain``: each restart tested on a random
 # 10,000 of MNIST's 60,000 training images instead of the scripts' fixed images 50,000-59,999.
 PRE_FIX_TEST_DOMAIN = "random 10k (before the fix)"
 

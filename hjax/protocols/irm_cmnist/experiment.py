@@ -24,7 +24,7 @@ from hjax.io import run_identity
 from hjax.io.run_identity import stamp
 
 _LOG = logging.getLogger("hjax")
-# Which images form the test domain, recorded with every restart: since issue 17, the scripts'
+# Which images form the test domain, recorded with every restart: since the test-domain fix, the scripts'
 # MNIST train[50000:60000] in every restart, and a gray twin with its own label noise. Records
 # without it (an earlier random 10,000 of the 60,000 per restart) or with another value (the
 # same images, gray labels shared with the colored test domain) are not resumed.
