@@ -14,6 +14,22 @@ from hjax.protocols import upgrade
 
 pytestmark = pytest.mark.fast_compile
 
+
+@pytest.fixture(scope="module", autouse=True)
+def default_matmul_precision():
+    """Legacy records were written at JAX's default matmul precision (None), which the
+    upgrade assumes; the suite's own setting (tests/precision.py) is another identity."""
+    import os
+
+    import jax
+    saved, env = (jax.config.jax_default_matmul_precision,
+                  os.environ.pop("JAX_DEFAULT_MATMUL_PRECISION", None))
+    jax.config.update("jax_default_matmul_precision", None)
+    yield
+    jax.config.update("jax_default_matmul_precision", saved)
+    if env is not None:
+        os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = env
+
 NEW_FIELDS = ("run_id", "identity", "provenance", "fake_data")
 
 
@@ -30,7 +46,7 @@ def strip(path):
 
 
 @pytest.fixture(scope="module")
-def colored_mnist_run(tmp_path_factory):
+def colored_mnist_run(tmp_path_factory, default_matmul_precision):
     from hjax.protocols.irm_cmnist.experiment import ExperimentConfig, run_experiment
     out = tmp_path_factory.mktemp("cm") / "run"
     config = ExperimentConfig(method="hgp", restarts=2, steps=3, hidden_dim=16,
