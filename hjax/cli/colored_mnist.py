@@ -44,6 +44,14 @@ flags.DEFINE_string("curvature", None, "closed_form (default) or autodiff head c
 flags.DEFINE_string("matmul", "fp32",
                     "fp32, or tf32: the MLP body's matmuls with operands rounded to TF32 "
                     "(forward and backward), as PyTorch's default on Ampere GPUs up to 1.11")
+flags.DEFINE_string("restart_batching", "auto",
+                    "vmap: the restarts as one compiled program (train step, evaluation and "
+                    "tracking vmapped over them); loop: one restart after another; auto: vmap")
+flags.DEFINE_integer("restarts_per_program", None,
+                     "with vmap: at most this many restarts per program (default: all)")
+flags.DEFINE_integer("checkpoint_every", 100,
+                     "with vmap: save the restarts' state every N steps, so that a killed "
+                     "run resumes from there (0 = off)")
 flags.DEFINE_integer("log_every", 100, "steps between logged table rows")
 flags.DEFINE_integer("track_alignment_every", 0,
                      "record head-Hessian/gradient distances (train domains; train vs test) "
