@@ -155,3 +155,19 @@ def test_auto_batching_is_vmap_on_accelerators():
     assert batched.resolve_batching("auto", "cpu") == batched.CPU_DEFAULT
     assert batched.resolve_batching("loop", "gpu") == "loop"
     assert batched.groups(range(2, 9), 3) == [[2, 3, 4], [5, 6, 7], [8]]
+
+
+def test_reproduce_runs_every_table_run_in_one_process_with_one_eta_line_each(tmp_path, cli):
+    proc = cli("reproduce", "--fake_data", "--methods=erm,hgp", "--label_shift_methods=erm",
+               "--restarts=2", "--label_shift_restarts=2", "--steps=8", "--hidden_dim=8",
+               "--track_alignment_every=4", f"--output_root={tmp_path}",
+               "--compilation_cache_dir=")
+    assert proc.returncode == 0, proc.stderr
+    folders = ["colored_mnist/erm", "colored_mnist/hgp", "colored_mnist_label_shift_intended/erm",
+               "colored_mnist_label_shift_reference/erm"]
+    for folder in folders:
+        assert (tmp_path / folder / "results.jsonl").read_text().count("\n") == 2
+    assert (tmp_path / "colored_mnist/hgp/params_restart1.msgpack").exists()
+    eta = [line for line in proc.stdout.splitlines() if "ETA" in line]
+    assert len(eta) == 4 and eta[0].startswith("[1/4] colored_mnist / erm:")
+    assert "[4/4] colored_mnist_label_shift (reference) / erm: done" in proc.stdout

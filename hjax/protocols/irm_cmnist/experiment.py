@@ -258,6 +258,7 @@ def _run_restarts(config, cb, model, mnist, info, hp, options, mesh, out_dir, wr
     # Only a single process checkpoints (a multi-host run's other processes would not see
     # process 0's file); there, a killed run resumes from its finished restarts only.
     every = getattr(config, "checkpoint_every", 100) if jax.process_count() == 1 else 0
+    progress = getattr(cb, "progress", cb.log)    # a caller's one-line progress channel
     for group in batched.groups(range(first, config.restarts),
                                 getattr(config, "restarts_per_program", None)):
         label = f"{config.method}, restarts {group[0]}..{group[-1]}: "
@@ -281,7 +282,7 @@ def _run_restarts(config, cb, model, mnist, info, hp, options, mesh, out_dir, wr
             on_step=lambda t, group=group: [cb.step(r, t) for r in group],
             fault_step=config.inject_nan_at, track_every=track_every,
             on_end=(lambda i, p, group=group: save_params(group[i], p)) if save else None,
-            checkpoint=checkpoint, log=cb.log, label=label)
+            checkpoint=checkpoint, log=progress, label=label)
         del group_data
         for r, rec in zip(group, recs):
             cb.log(f"restart {r}\n{TABLE_HEADER}")
