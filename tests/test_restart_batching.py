@@ -171,3 +171,27 @@ def test_reproduce_runs_every_table_run_in_one_process_with_one_eta_line_each(tm
     eta = [line for line in proc.stdout.splitlines() if "ETA" in line]
     assert len(eta) == 4 and eta[0].startswith("[1/4] colored_mnist / erm:")
     assert "[4/4] colored_mnist_label_shift (reference) / erm: done" in proc.stdout
+
+
+def test_benchmarks_time_restarts_batched_on_fake_data(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def script(*args):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              cwd=root, timeout=600)
+    proc = script("experiments/bench_restarts.py", "--fake_data", "--methods=erm",
+                  "--restarts=2", "--steps=2", "--hidden_dim=8",
+                  f"--scratch_dir={tmp_path / 'runs'}", f"--output={tmp_path / 'r.md'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "r.md").read_text()
+    # Looped: a step and an evaluation program per restart; vmapped: one of each.
+    assert "| erm | loop |" in table and "| erm | vmap |" in table
+    assert [line.split("|")[4].strip() for line in table.splitlines()
+            if line.startswith("| erm")] == ["4", "2"]
+    proc = script("experiments/bench_train.py", "--fake_data", "--methods=erm,hgp",
+                  "--restarts=2", "--steps=1", "--rounds=1", f"--output={tmp_path / 't.md'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "t.md").read_text()
+    assert "a step: 2 restarts as one vmapped program" in table and "| hgp |" in table
