@@ -178,9 +178,12 @@ def test_benchmarks_time_restarts_batched_on_fake_data(tmp_path):
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+    # No persistent cache: a hit is no compilation, and the counts below are compilations.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+
     def script(*args):
         return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                              cwd=root, timeout=600)
+                              cwd=root, timeout=600, env=env)
     proc = script("experiments/bench_restarts.py", "--fake_data", "--methods=erm",
                   "--restarts=2", "--steps=2", "--hidden_dim=8",
                   f"--scratch_dir={tmp_path / 'runs'}", f"--output={tmp_path / 'r.md'}")

@@ -3,7 +3,9 @@
     python experiments/run.py --dataset=colored_mnist --method=hutchinson
 
 Writes <output_dir>/results.jsonl (one JSON object per finished restart, rewritten atomically
-after each) and <output_dir>/summary.md, and prints the summary table. With
+after each; with the restarts as one program, --restart_batching=vmap, the default, when it
+ends, its state checkpointed every --checkpoint_every steps meanwhile) and
+<output_dir>/summary.md, and prints the summary table. With
 --track_alignment_every=N the history rows also hold head-Hessian and gradient distances
 (hjax.analysis.alignment_tracking); with --save_params each restart's final params go to
 <output_dir>/params_restart<r>.msgpack (hjax.io.params_io.load_params reads them).
@@ -125,8 +127,8 @@ def main(argv=None):
                   f"experiments/run.py --dataset={config.dataset} --method={config.method}",
                   flush=True)
     run_main(FLAGS, argv, body,
-             interrupted="finished restarts are in results.jsonl (a re-run resumes); "
-                         "no summary written")
+             interrupted="finished restarts are in results.jsonl, running ones in "
+                         "restart_group.ckpt (a re-run resumes); no summary written")
 
 
 if __name__ == "__main__":
