@@ -170,6 +170,8 @@ def test_reproduce_runs_every_table_run_in_one_process_with_one_eta_line_each(tm
     assert (tmp_path / "colored_mnist/hgp/params_restart1.msgpack").exists()
     eta = [line for line in proc.stdout.splitlines() if "ETA" in line]
     assert len(eta) == 4 and eta[0].startswith("[1/4] colored_mnist / erm:")
+    # hgp reuses erm's evaluation and tracking programs: only its train step is new.
+    assert "(1 new programs)" in eta[1]
     assert "[4/4] colored_mnist_label_shift (reference) / erm: done" in proc.stdout
 
 
