@@ -7,9 +7,11 @@ steps and the final params saved, for the figures) into <output_root>/colored_mn
 then label-shift ColoredMNIST, both splits x 5 restarts, into
 <output_root>/colored_mnist_label_shift_<split>/<method>: the runs `make reproduce JOBS=N`
 starts as separate processes. Each run resumes what its folder already holds. The restarts
-of a run are one compiled program (--restart_batching, default auto) and JAX's persistent
-compilation cache is on (--compilation_cache_dir), so a re-run, or a group of the same
-shapes, skips XLA. One line per run: its compile time and ETA measured after compiling, then
+of a run are one compiled program (--restart_batching, default auto); the evaluation and
+alignment-tracking programs, which do not depend on the method, are compiled once for all
+runs of one shape; and JAX's persistent compilation cache is on (--compilation_cache_dir),
+so a re-run skips XLA for every program (train steps differ between methods, and the
+label-shift splits' training domains differ in size, so those are compiled once each). One line per run: its compile time and ETA measured after compiling, then
 its result and wall time.
 """
 
