@@ -37,8 +37,11 @@ run: data
 # (several CPU-hours per method on a 2-core machine; minutes on a GPU). The ColoredMNIST runs
 # also track head-Hessian alignment and keep their params for the figures and
 # experiments/transferability.py (tracking does not change the results).
-# `make reproduce JOBS=N` runs N experiments at once, each with one XLA CPU thread: on CPU that
-# has more throughput than one run using all cores (2 cores: ~1.2x, see the README).
+# JOBS=1 (default): all runs in one process (python -m hjax.cli.reproduce), each method's
+# restarts as one compiled program, JAX's persistent compilation cache on; one line per run
+# with its ETA. `make reproduce JOBS=N` instead runs N experiments at once as separate
+# processes, each with one XLA CPU thread: on CPU that has more throughput than one run using
+# all cores (2 cores: ~1.2x, see the README).
 METHODS := hgp hutchinson erm fishr exact_diag irm vrex hutchinson_shared
 LABEL_SHIFT_METHODS := erm hgp hutchinson exact_diag
 JOBS ?= 1
@@ -46,10 +49,18 @@ ONE_THREAD_XLA_FLAGS := --xla_cpu_multi_thread_eigen=false intra_op_parallelism_
 CM_RUNS := $(addprefix cm-,$(METHODS))
 LS_RUNS := $(foreach s,intended reference,$(addprefix ls-$(s)-,$(LABEL_SHIFT_METHODS)))
 .PHONY: reproduce-runs $(CM_RUNS) $(LS_RUNS)
+comma := ,
+empty :=
+space := $(empty) $(empty)
 
 reproduce: data
-	$(if $(filter-out 1,$(JOBS)),XLA_FLAGS="$(ONE_THREAD_XLA_FLAGS) $$XLA_FLAGS") \
-	  $(MAKE) -j$(JOBS) reproduce-runs
+ifeq ($(JOBS),1)
+	$(PY) -m hjax.cli.reproduce --output_root=results \
+	  --methods=$(subst $(space),$(comma),$(METHODS)) \
+	  --label_shift_methods=$(subst $(space),$(comma),$(LABEL_SHIFT_METHODS))
+else
+	XLA_FLAGS="$(ONE_THREAD_XLA_FLAGS) $$XLA_FLAGS" $(MAKE) -j$(JOBS) reproduce-runs
+endif
 	$(MAKE) report
 
 reproduce-runs: $(CM_RUNS) $(LS_RUNS)

@@ -219,3 +219,37 @@ def test_bad_mnist_shape_is_a_value_error():
     with pytest.raises(ValueError, match="train_images"):
         canonical(Mnist(np.zeros((3, 28, 27), np.uint8), np.zeros(3, int),
                         np.zeros((1, 28, 28), np.uint8), np.zeros(1, int)))
+
+
+@pytest.mark.parametrize("name,split", [("colored_mnist", "intended"),
+                                        ("colored_mnist_label_shift", "intended"),
+                                        ("colored_mnist_label_shift", "reference")])
+@pytest.mark.parametrize("seed", [0, 3, 20001])
+def test_device_built_draws_equal_the_host_builders_bit_for_bit(name, split, seed):
+    from hjax.data import irm_draws
+    options = {"split": split} if name == "colored_mnist_label_shift" else {}
+    reference = make_environments(name, seed=seed, mnist=LARGE, **options)
+    draws = irm_draws.draw_irm(LARGE.train_labels, name, seed, split)
+    fast = irm_draws.environments_from_draws(irm_draws.device_images(LARGE.train_images), draws)
+    assert [e.name for e in fast] == [e.name for e in reference]
+    for got, want in zip(fast, reference):
+        assert got.images.dtype == want.images.dtype and got.labels.dtype == want.labels.dtype
+        np.testing.assert_array_equal(got.images, want.images)
+        np.testing.assert_array_equal(got.labels, want.labels)
+
+
+def test_stacked_draws_pad_like_stack_domains_and_zero_the_padding():
+    from hjax.data import irm_draws
+    from hjax.protocols.irm_cmnist.train import stack_domains
+    u8 = irm_draws.device_images(LARGE.train_images)
+    restarts = [irm_draws.draw_irm(LARGE.train_labels, "colored_mnist_label_shift", s)
+                for s in (1, 2)]
+    stacked = irm_draws.stack_draws(restarts, (0, 1), multiple=7)
+    images = np.asarray(irm_draws.materialize(u8, stacked.index, stacked.colors,
+                                              stacked.weights, stacked.gray))
+    for r, seed in enumerate((1, 2)):
+        envs = make_environments("colored_mnist_label_shift", seed=seed, mnist=LARGE)
+        want = stack_domains(envs[:2], 7)
+        np.testing.assert_array_equal(images[r], want.images)
+        np.testing.assert_array_equal(stacked.labels[r], want.labels)
+        np.testing.assert_array_equal(stacked.weights[r], want.weights)

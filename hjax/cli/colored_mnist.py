@@ -3,7 +3,9 @@
     python experiments/run.py --dataset=colored_mnist --method=hutchinson
 
 Writes <output_dir>/results.jsonl (one JSON object per finished restart, rewritten atomically
-after each) and <output_dir>/summary.md, and prints the summary table. With
+after each; with the restarts as one program, --restart_batching=vmap, the default, when it
+ends, its state checkpointed every --checkpoint_every steps meanwhile) and
+<output_dir>/summary.md, and prints the summary table. With
 --track_alignment_every=N the history rows also hold head-Hessian and gradient distances
 (hjax.analysis.alignment_tracking); with --save_params each restart's final params go to
 <output_dir>/params_restart<r>.msgpack (hjax.io.params_io.load_params reads them).
@@ -48,6 +50,14 @@ flags.DEFINE_string("curvature", None, "closed_form (default) or autodiff head c
 flags.DEFINE_string("matmul", "fp32",
                     "fp32, or tf32: the MLP body's matmuls with operands rounded to TF32 "
                     "(forward and backward), as PyTorch's default on Ampere GPUs up to 1.11")
+flags.DEFINE_string("restart_batching", "auto",
+                    "vmap: the restarts as one compiled program (train step, evaluation and "
+                    "tracking vmapped over them); loop: one restart after another; auto: vmap")
+flags.DEFINE_integer("restarts_per_program", None,
+                     "with vmap: at most this many restarts per program (default: all)")
+flags.DEFINE_integer("checkpoint_every", 100,
+                     "with vmap: save the restarts' state every N steps, so that a killed "
+                     "run resumes from there (0 = off)")
 flags.DEFINE_integer("log_every", 100, "steps between logged table rows")
 flags.DEFINE_integer("track_alignment_every", 0,
                      "record head-Hessian/gradient distances (train domains; train vs test) "
@@ -121,8 +131,8 @@ def main(argv=None):
                   f"experiments/run.py --dataset={config.dataset} --method={config.method}",
                   flush=True)
     run_main(FLAGS, argv, body,
-             interrupted="finished restarts are in results.jsonl (a re-run resumes); "
-                         "no summary written")
+             interrupted="finished restarts are in results.jsonl, running ones in "
+                         "restart_group.ckpt (a re-run resumes); no summary written")
 
 
 if __name__ == "__main__":

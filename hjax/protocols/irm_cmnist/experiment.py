@@ -12,9 +12,10 @@ from typing import Callable
 import jax
 
 from hjax import data
+from hjax.data import irm_draws
 from hjax.io import params_io
 from hjax.protocols import sharding
-from hjax.protocols.irm_cmnist import identity, train
+from hjax.protocols.irm_cmnist import batched, identity, train
 from hjax.errors import ConfigError, check_choice, check_positive, ensure_writable_dir
 from hjax.models import MATMULS, irm_mlp
 from hjax.protocols.irm_cmnist.train import METHODS
@@ -79,6 +80,11 @@ class ExperimentConfig:
     # (move them aside instead of refusing), and whether to show a progress line.
     overwrite: bool = False
     progress: str = "auto"
+    # How restarts run: "vmap" (several restarts as one compiled program, batched.py),
+    # "loop" (one after another, train.run_restart), "auto" (vmap; on a CPU batched.CPU_DEFAULT).
+    restart_batching: str = "auto"
+    restarts_per_program: int | None = None   # vmap: at most this many per program (None: all)
+    checkpoint_every: int = 100               # vmap: checkpoint the group every N steps (0: off)
 
 
 class Callbacks:
@@ -115,6 +121,12 @@ def validate(config) -> None:
         check_choice("curvature", config.curvature, CURVATURES)
     check_choice("matmul", getattr(config, "matmul", "fp32"), MATMULS)
     check_choice("progress", getattr(config, "progress", "auto"), PROGRESS_MODES)
+    check_choice("restart_batching", getattr(config, "restart_batching", "auto"),
+                 batched.RESTART_BATCHINGS)
+    if getattr(config, "restarts_per_program", None) is not None:
+        check_positive("restarts_per_program", config.restarts_per_program)
+    if getattr(config, "checkpoint_every", 0) < 0:
+        raise ConfigError(f"--checkpoint_every={config.checkpoint_every} must be >= 0 (0 = off)")
     if config.lr is not None and not config.lr > 0:
         raise ConfigError(f"--lr={config.lr} must be > 0")
     if config.num_devices is not None:
@@ -192,28 +204,11 @@ def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None)
                f"{run_stamp['run_id']}); nothing to train")
     elif records:
         cb.log(f"resuming: restarts 0..{len(records) - 1} are already in results.jsonl")
+    mnist = None
     if len(records) < config.restarts:
         mnist = data.fake_mnist() if config.fake_data else data.load_mnist()
-    for r in range(len(records), config.restarts):
-        envs = data.make_environments(config.dataset, seed=data_seed(config.seed, r),
-                                      mnist=mnist, **options)
-        cb.log(f"restart {r}\n{TABLE_HEADER}")
-        save = getattr(config, "save_params", False)
-        params_file = params_io.params_filename(r) if save else None
-
-        def on_end(params, params_file=params_file):
-            if writer:        # written before the record that names it
-                params_io.save_params(os.path.join(out_dir, params_file), params)
-
-        rec = train.run_restart(model, envs, info, config.method, hp,
-                                key=jax.random.fold_in(jax.random.key(config.seed), r),
-                                steps=config.steps, mesh=mesh, log_every=config.log_every,
-                                on_step=lambda t, r=r: cb.step(r, t), on_log=cb.row,
-                                fault_step=config.inject_nan_at,
-                                track_every=getattr(config, "track_alignment_every", 0),
-                                on_end=on_end if params_file else None)
-        if rec["status"] == "ok" and params_file:
-            rec["params_file"] = params_file
+    for r, rec in _run_restarts(config, cb, model, mnist, info, hp, options, mesh, out_dir,
+                                writer, first=len(records)):
         cb.restart_done()
         if rec["status"] == "diverged":
             cb.warn(f"restart {r} diverged: non-finite loss at step {rec['diverged_step']}; "
@@ -236,3 +231,73 @@ def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None)
         write_atomic(os.path.join(out_dir, "summary.md"), summary)
     cb.log("\n" + table)
     return records
+
+
+def _run_restarts(config, cb, model, mnist, info, hp, options, mesh, out_dir, writer, first):
+    """Yields (r, record) for restarts first..restarts-1 in order: one at a time
+    (``loop``) or as groups of restarts in one compiled program (``vmap``)."""
+    save = getattr(config, "save_params", False)
+    track_every = getattr(config, "track_alignment_every", 0)
+    mode = batched.resolve_batching(getattr(config, "restart_batching", "auto"))
+    key = jax.random.key(config.seed)
+
+    def save_params(r, params):
+        if writer:        # written before the record that names it
+            params_io.save_params(os.path.join(out_dir, params_io.params_filename(r)), params)
+
+    def finish(r, rec):
+        if rec["status"] == "ok" and save:
+            rec["params_file"] = params_io.params_filename(r)
+        return r, rec
+
+    if mode == "loop":
+        for r in range(first, config.restarts):
+            envs = data.make_environments(config.dataset, seed=data_seed(config.seed, r),
+                                          mnist=mnist, **options)
+            cb.log(f"restart {r}\n{TABLE_HEADER}")
+            rec = train.run_restart(model, envs, info, config.method, hp,
+                                    key=jax.random.fold_in(key, r),
+                                    steps=config.steps, mesh=mesh, log_every=config.log_every,
+                                    on_step=lambda t, r=r: cb.step(r, t), on_log=cb.row,
+                                    fault_step=config.inject_nan_at, track_every=track_every,
+                                    on_end=(lambda p, r=r: save_params(r, p)) if save else None)
+            rec["restart_batching"] = "loop"
+            yield finish(r, rec)
+        return
+
+    images_u8 = irm_draws.device_images(mnist.train_images)
+    ckpt_path = os.path.join(out_dir, identity.CHECKPOINT)
+    run_id = stamp(run_identity_of(config, hp, options.get("split")))["run_id"]
+    # Only a single process checkpoints (a multi-host run's other processes would not see
+    # process 0's file); there, a killed run resumes from its finished restarts only.
+    every = getattr(config, "checkpoint_every", 100) if jax.process_count() == 1 else 0
+    progress = getattr(cb, "progress", cb.log)    # a caller's one-line progress channel
+    for group in batched.groups(range(first, config.restarts),
+                                getattr(config, "restarts_per_program", None)):
+        label = f"{config.method}, restarts {group[0]}..{group[-1]}: "
+        group_data = batched.prepare_group(
+            mnist, config.dataset, [data_seed(config.seed, r) for r in group], info, mesh,
+            options.get("split"), images_u8)
+        checkpoint = None
+        if every:
+            # Resumed only by the same run (identity), the same restarts and device count.
+            checkpoint = batched.GroupCheckpoint(ckpt_path, every, {
+                "run_id": run_id, "restarts": group, "num_devices": mesh.devices.size})
+            cb.log(f"{label}checkpointed every {every} steps to {ckpt_path}: a killed run "
+                   f"loses at most the steps since the last one")
+        recs = batched.run_group(
+            model, group_data, info, config.method, hp,
+            keys=[jax.random.fold_in(key, r) for r in group], steps=config.steps, mesh=mesh,
+            log_every=config.log_every,
+            on_step=lambda t, group=group: [cb.step(r, t) for r in group],
+            fault_step=config.inject_nan_at, track_every=track_every,
+            on_end=(lambda i, p, group=group: save_params(group[i], p)) if save else None,
+            checkpoint=checkpoint, log=progress, label=label)
+        del group_data
+        for r, rec in zip(group, recs):
+            cb.log(f"restart {r}\n{TABLE_HEADER}")
+            for row in rec["history"]:
+                cb.row(row)
+            yield finish(r, rec)
+        if checkpoint is not None:        # the group's records are written
+            checkpoint.remove()

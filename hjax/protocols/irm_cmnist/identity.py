@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 import logging
 import os
 
@@ -30,8 +31,20 @@ PROTOCOL = "irm_cmnist"
 # Bumped when the protocol's code changes its numbers for the same settings.
 PROTOCOL_VERSION = 1
 # The files a run writes into its output folder (a folder's other files are left alone).
-RUN_FILES = ("results.jsonl", "summary.md", "params_restart*.msgpack")
+RUN_FILES = ("results.jsonl", "summary.md", "params_restart*.msgpack", "restart_group.ckpt")
 RESULTS = "results.jsonl"
+CHECKPOINT = "restart_group.ckpt"     # a vmapped group's checkpoint (batched.GroupCheckpoint)
+
+
+def checkpoint_run_id(path: str) -> str | None:
+    """The run_id a group checkpoint was written for, or None when it cannot be read."""
+    import flax.serialization
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(flax.serialization.msgpack_restore(f.read())["meta"])
+        return meta["fingerprint"]["run_id"]
+    except Exception:  # noqa: BLE001  (any unreadable checkpoint belongs to no known run)
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,7 +124,8 @@ def resumable_records(folder: str, identity: dict, restarts: int, overwrite: boo
     old_identity, problem = None, None
     records = []
     if RESULTS not in names:
-        problem = f"{', '.join(names)} without {RESULTS}"
+        if names != [CHECKPOINT]:      # a checkpoint alone: a group killed before its end
+            problem = f"{', '.join(n for n in names if n != CHECKPOINT)} without {RESULTS}"
     else:
         try:
             records = read_jsonl(os.path.join(folder, RESULTS))
@@ -126,6 +140,9 @@ def resumable_records(folder: str, identity: dict, restarts: int, overwrite: boo
                 if rec.get("restart") != i:
                     problem = f"restart {rec.get('restart')!r} as record {i} of {RESULTS}"
                     break
+    if (problem is None and CHECKPOINT in names
+            and checkpoint_run_id(os.path.join(folder, CHECKPOINT)) != rid):
+        problem = f"a {CHECKPOINT} of another run"
     if problem is None:
         return records[:restarts]
     if not overwrite:
