@@ -22,8 +22,9 @@ from hjax.models import irm_mlp
 pytestmark = pytest.mark.fast_compile
 
 # Per-run timings, and the fields that say how the restarts ran.
+# Not compared: timings, how the restarts ran, and provenance (it holds the time of writing).
 TIMINGS = {"step_time_s", "compile_time_s", "track_time_s", "track_compile_time_s",
-           "restart_batching", "restarts_per_program"}
+           "restart_batching", "restarts_per_program", "provenance"}
 QUIET = dict(log=lambda message: None, warn=lambda message: None)
 
 
@@ -123,7 +124,8 @@ def test_killed_vmapped_run_resumes_from_the_group_checkpoint_as_if_uninterrupte
     assert not os.path.exists(os.path.join(killed.output_dir, "restart_group.ckpt"))
 
 
-def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+def test_a_checkpoint_of_other_settings_is_refused_and_overwrite_moves_it_aside(tmp_path):
+    from hjax.io.run_identity import IdentityClash
     settings = dict(method="erm", restarts=2, steps=8, log_every=4, checkpoint_every=3)
     first = config(tmp_path, "vmap", **settings)
 
@@ -132,12 +134,19 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tmp_path):
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         run_experiment(first, Callbacks(step=kill, **QUIET))
+    ckpt = tmp_path / "vmap" / "restart_group.ckpt"
+    before = ckpt.read_bytes()
+    with pytest.raises(IdentityClash, match="restart_group.ckpt of another run"):
+        run_experiment(config(tmp_path, "vmap", lr=0.01, **settings), Callbacks(**QUIET))
+    assert ckpt.read_bytes() == before
     lines, steps = [], []
-    other = config(tmp_path, "vmap", lr=0.01, **settings)
+    other = config(tmp_path, "vmap", lr=0.01, overwrite=True, **settings)
     run_experiment(other, Callbacks(log=lines.append, warn=lines.append,
                                     step=lambda r, t: steps.append(t)))
     assert not any("from its checkpoint" in line for line in lines)
     assert sorted(set(steps)) == list(range(8))
+    [moved] = (tmp_path / "vmap").glob("replaced-*/restart_group.ckpt")
+    assert moved.read_bytes() == before
 
 
 def test_bad_restart_batching_flags_exit_2_with_one_clear_line(cli):

@@ -236,6 +236,8 @@ def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None)
 def _run_restarts(config, cb, model, mnist, info, hp, options, mesh, out_dir, writer, first):
     """Yields (r, record) for restarts first..restarts-1 in order: one at a time
     (``loop``) or as groups of restarts in one compiled program (``vmap``)."""
+    if first >= config.restarts:      # all done: nothing to train (MNIST was not loaded)
+        return
     save = getattr(config, "save_params", False)
     track_every = getattr(config, "track_alignment_every", 0)
     mode = batched.resolve_batching(getattr(config, "restart_batching", "auto"))
