@@ -28,8 +28,8 @@ from absl import flags
 from PIL import Image
 
 from hjax.cli import parse_flags
-from hjax.data.image_datasets import scan_image_folder
-from hjax.data.image_pipeline import train_batches
+from hjax.data.images import scan_image_folder
+from hjax.data.images.pipeline import train_batches
 from hjax.io.results import write_atomic
 
 FLAGS = flags.FLAGS

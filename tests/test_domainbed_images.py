@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from hjax.data.image_datasets import IMAGE_DATASETS
+from hjax.data.images import IMAGE_DATASETS
 from hjax.errors import ConfigError
 from hjax.protocols.domainbed import hparams
 from hjax.protocols.domainbed.run import RunConfig, run

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hjax.data import image_transforms as T
-from hjax.data.image_datasets import ImageDecodeError, scan_image_folder
-from hjax.data.image_pipeline import TrainBatch, decode, eval_batches, train_batches
+from hjax.data.images import pil_transforms as T
+from hjax.data.images import ImageDecodeError, scan_image_folder
+from hjax.data.images.pipeline import TrainBatch, decode, eval_batches, train_batches
 from hjax.errors import ConfigError
 from image_tree import class_color, make_image, make_tree
 

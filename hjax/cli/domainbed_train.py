@@ -58,7 +58,7 @@ flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vm
 def _checkpoint_freq(f) -> int:
     if f.checkpoint_freq is not None:
         return f.checkpoint_freq
-    from hjax.data.image_datasets import IMAGE_DATASETS
+    from hjax.data.images import IMAGE_DATASETS
     info = IMAGE_DATASETS.get(f.dataset)
     return info.checkpoint_freq if info is not None else 100
 

@@ -27,7 +27,7 @@ from hjax.protocols.domainbed.hparams import ALGORITHMS
 from hjax.protocols.domainbed.data import (HOLDOUT_FRACTION, TrainArrays, split_environments,
                                   stack_train)
 from hjax.protocols.domainbed.hparams import make_hparams, seed_hash
-from hjax.data.image_datasets import (IMAGE_DATASET_NAMES, IMAGE_DATASETS, load_image_dataset,
+from hjax.data.images import (IMAGE_DATASET_NAMES, IMAGE_DATASETS, load_image_dataset,
                                       split_in_out)
 from hjax.models import mnist_cnn_model, resnet_model
 from hjax.models.torchvision_weights import pretrained_resnet_model
@@ -65,7 +65,7 @@ class RunConfig:
     fake_data: bool = False
     eval_chunk: int = 1024
     stop_after_step: int | None = None     # testing: stop (as if killed) after this step
-    # Image datasets (hjax.data.image_datasets): where the data are ($HJAX_DATA_DIR or
+    # Image datasets (hjax.data.images): where the data are ($HJAX_DATA_DIR or
     # ~/.cache/hjax when None), the ResNet, the input size, the compute dtype, torchvision
     # weights to start from (.pth/.safetensors/.npz; None = random init) and the number of
     # input-pipeline worker processes (0 = in this process).
@@ -356,7 +356,7 @@ def report_divergence(config: RunConfig, step: int, name: str, log) -> None:
 def _image_steps(config: RunConfig, hp: dict, model, data: ImageJobData, start: int):
     """(next_step() -> (state -> (state, logs)), evaluate(params, kind, env) -> accuracy,
     close()) for an image job: batches from the host pipeline, deterministic per step."""
-    from hjax.data import image_pipeline
+    from hjax.data.images import pipeline as image_pipeline
     batch_size = int(hp["batch_size"])
     batches = image_pipeline.train_batches(
         data.train_domains, batch_size, config.image_size,

@@ -27,8 +27,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from hjax.data import image_transforms as T
-from hjax.data.image_datasets import ImageDecodeError
+from hjax.data.images import pil_transforms as T
+from hjax.data.images.registry import ImageDecodeError
 from hjax.errors import ConfigError
 
 
