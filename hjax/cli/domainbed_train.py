@@ -51,6 +51,10 @@ flags.DEFINE_string("pretrained", None, "image datasets: torchvision ResNet weig
                     "python -m hjax.cli.convert_weights). Default: random init (DomainBed uses "
                     "ImageNet weights)")
 flags.DEFINE_integer("workers", 2, "image datasets: input-pipeline worker processes (0 = none)")
+flags.DEFINE_enum("augment", "device", ["device", "host"], "image datasets: augment on the "
+                  "device (JAX, default) or on the host (the PIL reference)")
+flags.DEFINE_bool("decoded_cache", True, "image datasets: decode PACS/VLCS/OfficeHome/"
+                  "TerraIncognita once into <data_dir>/hjax_decoded (memory-mapped)")
 flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vmap_trials: "
                     "train those jobs as one vmapped program (other flags are ignored)")
 
@@ -90,7 +94,7 @@ def config_from_flags(f):
                      width_multiplier=f.width_multiplier, fake_data=f.fake_data,
                      stop_after_step=f.stop_after_step, data_dir=f.data_dir, arch=f.arch,
                      image_size=f.image_size, dtype=f.dtype, pretrained=f.pretrained,
-                     workers=f.workers)
+                     workers=f.workers, augment=f.augment, decoded_cache=f.decoded_cache)
 
 
 def main(argv=None):

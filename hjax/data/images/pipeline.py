@@ -1,47 +1,97 @@
-"""Input pipeline for DomainBed's image datasets, on grain: decode + augment in worker processes.
+"""Input pipeline for DomainBed's image datasets, on grain: per-step batches that depend on
+(seed, step) only.
 
-- :func:`train_batches`: an infinite iterator of per-domain minibatches, ``images [E, B, H, W, 3]``
-  float32 and ``labels [E, B]`` int32. Step t draws B indices per training domain uniformly WITH
-  replacement (DomainBed's InfiniteDataLoader with replacement) from
-  ``np.random.default_rng([seed, t])`` and augments image i of domain e with
-  ``np.random.default_rng([seed, t, e, i])``. So the batch of step t depends on (seed, t) only:
-  not on ``start_step``, the worker count or the prefetch depth; a run resumed at step t sees
-  exactly what the uninterrupted run saw. It is a grain ``MapDataset`` over steps whose element
-  t is the whole batch, prefetched by ``mp_prefetch`` in ``workers`` processes (0: in-process,
-  no threads); batches arrive in step order.
-- :func:`eval_batches`: a finite iterator over ``(images [b, H, W, 3], labels [b], mask [b])``
-  with the eval transform, padded to full batches (padding is zeros, label 0, mask False), in
-  example order, every example exactly once.
+Two forms of the same sampling:
 
-Decoding is PIL's ``convert("RGB")``. A file that does not decode raises
-:class:`~hjax.data.image_datasets.ImageDecodeError` naming it (files PIL cannot identify are
-already skipped when the dataset is scanned; see :mod:`hjax.data.image_datasets`).
+- :func:`train_canvases` / :func:`eval_canvases` (the default): the host only reads and
+  decodes. A training element is ``(canvases uint8 [E, B, C, C, 3], hw int32 [E, B, 2],
+  labels int32 [E, B])``: each image decoded onto a fixed canvas (:mod:`~hjax.data.images.
+  decode`), or copied from the decoded cache (:mod:`~hjax.data.images.decoded_cache`);
+  augmentation happens on the device (:mod:`~hjax.data.images.device_transforms`), and the
+  batches cross to it as uint8, a quarter of float32's bytes (:mod:`~hjax.data.images.
+  prefetch`).
+- :func:`train_batches` / :func:`eval_batches`: the PIL reference, decoding and augmenting on
+  the host (:mod:`~hjax.data.images.pil_transforms`) into float32 ``[E, B, S, S, 3]``.
 
-Call ``close()`` on an iterator (or use it as a context manager) to stop its worker processes.
+Sampling (both): step t draws B indices per training domain uniformly WITH replacement
+(DomainBed's InfiniteDataLoader with replacement) from ``np.random.default_rng([seed, t])``;
+the PIL path augments image i of domain e with ``np.random.default_rng([seed, t, e, i])``,
+the device path with a key folded from (seed, t, e, i). So the batch of step t depends on
+(seed, t) only: not on ``start_step``, the worker count or the prefetch depth; a run resumed at
+step t sees exactly what the uninterrupted run saw. Each is a grain ``MapDataset`` over steps
+whose element t is the whole batch, prefetched by ``mp_prefetch`` in ``workers`` processes
+(0: in-process, no threads); batches arrive in step order. Eval iterators cover every
+example once, in order, padded to full batches (padding: zeros, label 0, mask False).
+
+A file that does not decode raises :class:`~hjax.data.images.registry.ImageDecodeError`
+naming it (files PIL cannot identify are already skipped when the dataset is scanned).
+Call ``close()`` on an iterator (or use it as a context manager) to stop its workers.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from hjax.data.images import pil_transforms as T
-from hjax.data.images.registry import ImageDecodeError
+from hjax.data.images.decode import decode_into, decode_rgb
 from hjax.errors import ConfigError
 
+decode = decode_rgb
 
-def decode(path: str):
-    """The image at ``path`` as an RGB PIL image, fully decoded; ImageDecodeError otherwise."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as e:  # any decode failure names the file, in one line
-        raise ImageDecodeError(f"cannot decode image {path} ({type(e).__name__}: "
-                               f"{' '.join(str(e).split())[:200]}); remove or replace the file"
-                               ) from None
+
+class FileImages:
+    """Images decoded from their files at each request (picklable: paths only)."""
+
+    def __init__(self, paths: Sequence[str], canvas: int):
+        self.paths = np.asarray(paths, dtype=str)
+        self.canvas = int(canvas)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def gather(self, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Decodes images ``idx`` into ``out`` [len(idx), C, C, 3] (zeros); their hw [n, 2]."""
+        hw = np.empty((len(idx), 2), np.int32)
+        for k, j in enumerate(idx):
+            hw[k] = decode_into(self.paths[j], out[k])
+        return hw
+
+
+class CachedImages:
+    """Rows ``rows`` of a decoded cache (picklable: the folder and rows; each process maps
+    the arrays itself)."""
+
+    def __init__(self, folder, rows: Sequence[int], canvas: int):
+        self.folder = str(folder)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.canvas = int(canvas)
+        self._arrays = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_arrays": None}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def gather(self, idx: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self._arrays is None:
+            self._arrays = (np.load(f"{self.folder}/images.npy", mmap_mode="r"),
+                            np.load(f"{self.folder}/hw.npy", mmap_mode="r"))
+        images, hw = self._arrays
+        rows = self.rows[np.asarray(idx)]
+        out[...] = images[rows]
+        return np.asarray(hw[rows], np.int32)
+
+
+def cached_sources(cache, dataset, splits: Sequence[tuple[np.ndarray, np.ndarray]]
+                   ) -> list[CachedImages]:
+    """One CachedImages per ``(paths, labels)`` split of ``dataset``, by its scan order."""
+    row_of = {p: i for i, p in enumerate(p for d in dataset.domains for p in d.paths)}
+    return [CachedImages(cache.folder, [row_of[p] for p in paths], cache.canvas)
+            for paths, _ in splits]
 
 
 def _as_domains(domains) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -213,4 +263,102 @@ def eval_batches(paths: Sequence[str], labels: Sequence[int], image_size: int,
                           f"positive")
     n_batches = -(-len(paths) // batch_size)
     ds = grain.MapDataset.range(n_batches).map(EvalBatch(paths, labels, image_size, batch_size))
+    return Batches(_iterate(ds, workers, buffer), n_batches)
+
+
+def _as_sources(domains, canvas: int) -> list[tuple[object, np.ndarray]]:
+    """[(FileImages or CachedImages, labels)] from (paths or a source, labels) pairs."""
+    out = []
+    for i, (images, labels) in enumerate(domains):
+        if not isinstance(images, (FileImages, CachedImages)):
+            images = FileImages(images, canvas)
+        labels = np.asarray(labels, dtype=np.int32)
+        if labels.ndim != 1 or len(images) != len(labels):
+            raise ConfigError(f"domain {i}: {len(images)} images and labels {labels.shape} "
+                              f"must be of one length")
+        if len(labels) == 0:
+            raise ConfigError(f"domain {i} has no images")
+        if images.canvas != canvas:
+            raise ConfigError(f"domain {i}: images on a {images.canvas} px canvas, "
+                              f"expected {canvas}")
+        out.append((images, labels))
+    if not out:
+        raise ConfigError("train_canvases needs at least one domain")
+    return out
+
+
+class TrainCanvases:
+    """Element t: step t's (canvases [E, B, C, C, 3] uint8, hw [E, B, 2], labels [E, B])."""
+
+    def __init__(self, domains, batch_size: int, canvas: int, seed: int):
+        self.domains = domains
+        self.batch_size = batch_size
+        self.canvas = canvas
+        self.seed = seed
+
+    def indices(self, step: int) -> np.ndarray:
+        """[E, B] example indices of step ``step``: TrainBatch.indices, the same draws."""
+        rng = np.random.default_rng([self.seed, step])
+        return np.stack([rng.integers(0, len(labels), self.batch_size)
+                         for _, labels in self.domains])
+
+    def __call__(self, step: int):
+        idx = self.indices(int(step))
+        e, b, c = len(self.domains), self.batch_size, self.canvas
+        canvases = np.zeros((e, b, c, c, 3), np.uint8)
+        hw = np.empty((e, b, 2), np.int32)
+        labels = np.empty((e, b), np.int32)
+        for k, (images, labs) in enumerate(self.domains):
+            hw[k] = images.gather(idx[k], canvases[k])
+            labels[k] = labs[idx[k]]
+        return canvases, hw, labels
+
+
+class EvalCanvases:
+    """Element k: examples [k b, (k + 1) b) as (canvases, hw, labels, mask), padded."""
+
+    def __init__(self, images, labels, batch_size: int):
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+
+    def __call__(self, k: int):
+        b, c = self.batch_size, self.images.canvas
+        lo = int(k) * b
+        hi = min(lo + b, len(self.labels))
+        canvases = np.zeros((b, c, c, 3), np.uint8)
+        hw = np.full((b, 2), c, np.int32)            # padding: a valid size, masked out
+        labels = np.zeros((b,), np.int32)
+        mask = np.zeros((b,), bool)
+        hw[:hi - lo] = self.images.gather(np.arange(lo, hi), canvases[:hi - lo])
+        labels[:hi - lo] = self.labels[lo:hi]
+        mask[:hi - lo] = True
+        return canvases, hw, labels, mask
+
+
+def train_canvases(domains, batch_size: int, canvas: int, seed: int, start_step: int = 0,
+                   workers: int = 2, buffer: int = 2) -> Batches:
+    """Infinite (canvases uint8 [E, B, C, C, 3], hw int32 [E, B, 2], labels int32 [E, B]),
+    step ``start_step`` on. ``domains``: [(paths or FileImages/CachedImages, labels)]."""
+    import grain
+    for name, value in (("batch_size", batch_size), ("canvas", canvas)):
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be a positive integer")
+    if seed < 0 or start_step < 0:
+        raise ConfigError(f"seed={seed} and start_step={start_step} must be >= 0")
+    fn = TrainCanvases(_as_sources(domains, canvas), batch_size, canvas, int(seed))
+    ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(fn)
+    return Batches(_iterate(ds, workers, buffer))
+
+
+def eval_canvases(images, labels: Sequence[int], canvas: int, batch_size: int,
+                  workers: int = 0, buffer: int = 2) -> Batches:
+    """Finite (canvases [b, C, C, 3], hw [b, 2], labels [b], mask [b]) over every example
+    once, in order. ``images``: paths or a FileImages/CachedImages."""
+    import grain
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be positive")
+    (source, labels), = _as_sources([(images, labels)], canvas)
+    n_batches = -(-len(labels) // batch_size)
+    ds = grain.MapDataset.range(n_batches).map(EvalCanvases(source, labels, batch_size))
     return Batches(_iterate(ds, workers, buffer), n_batches)
