@@ -140,9 +140,10 @@ def main(argv=None):
     lines = [f"{FLAGS.arch}, {FLAGS.domains} domains x {FLAGS.batch_size} images at "
              f"{FLAGS.image_size} px ({FLAGS.dtype}), {FLAGS.classes} classes; "
              f"{platform.machine()}, {jax.device_count()} {jax.devices()[0].platform} "
-             f"device(s), jax {jax.__version__}. {FLAGS.rounds} rounds x {FLAGS.steps} steps, "
-             "each paired with an adjacent ERM step; relative = median of the paired ratios "
-             "[quartiles].", "",
+             f"device(s), jax {jax.__version__}. " + (
+                 f"{FLAGS.rounds} rounds x {FLAGS.steps} steps, each paired with an adjacent "
+                 "ERM step; relative = median of the paired ratios [quartiles]." if names[1:]
+                 else f"ERM alone: median of {FLAGS.rounds * FLAGS.steps} steps."), "",
              "| algorithm | step (median) | relative to ERM | compile | XLA temporaries |",
              "|---|---|---|---|---|"]
     erm_med = statistics.median(erm_times)

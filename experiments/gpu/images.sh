@@ -18,10 +18,10 @@ PY=${PYTHON:-python3}
 
 if [ "${HJAX_GPU_TINY:-0}" = 1 ]; then
   ARCH=resnet18 SIZE=32 STEPS=6 FREQ=3 ROUNDS=1 NSTEP=2 WORKERS=0,1 JOBW=1 PER_CLASS=1
-  T_STEP=300 T_PIPE=300 T_E2E=600
+  T_F32=300 T_BF16=300 T_PIPE=300 T_E2E=600
 else
   ARCH=resnet50 SIZE=224 STEPS=60 FREQ=30 ROUNDS=2 NSTEP=5 WORKERS=8,15 JOBW=8 PER_CLASS=2
-  T_STEP=30 T_PIPE=35 T_E2E=55
+  T_F32=35 T_BF16=30 T_PIPE=30 T_E2E=55
 fi
 
 part() {  # part NAME SECONDS ARGS...: one bench under its own timeout, log kept
@@ -32,10 +32,10 @@ part() {  # part NAME SECONDS ARGS...: one bench under its own timeout, log kept
   tail -n 4 "$DEST/$name.log"
 }
 
-part step_float32 "$T_STEP" experiments/bench_resnet_step.py --algorithms= --arch=$ARCH \
+part step_float32 "$T_F32" experiments/bench_resnet_step.py --algorithms= --arch=$ARCH \
   --image_size=$SIZE --dtype=float32 --rounds=$ROUNDS --steps=$NSTEP --memory_classes=0 \
   --output="$DEST/step_float32.md"
-part step_bfloat16 "$T_STEP" experiments/bench_resnet_step.py --algorithms= --arch=$ARCH \
+part step_bfloat16 "$T_BF16" experiments/bench_resnet_step.py --algorithms= --arch=$ARCH \
   --image_size=$SIZE --dtype=bfloat16 --rounds=$ROUNDS --steps=$NSTEP --memory_classes=0 \
   --output="$DEST/step_bfloat16.md"
 part pipeline "$T_PIPE" experiments/bench_pipeline.py --image_size=$SIZE --workers=$WORKERS \
@@ -43,11 +43,12 @@ part pipeline "$T_PIPE" experiments/bench_pipeline.py --image_size=$SIZE --worke
 REF=$(sed -n 's/^erm_step_ms=//p' "$DEST/step_float32.log" | tail -n 1)
 part end_to_end "$T_E2E" experiments/bench_pipeline.py --mode=end_to_end --arch=$ARCH \
   --image_size=$SIZE --dtype=float32 --steps=$STEPS --checkpoint_freq=$FREQ \
-  --per_class=$PER_CLASS --job_workers=$JOBW ${REF:+--reference_ms=$REF} \
+  --per_class=$PER_CLASS --job_workers=$JOBW --noreference_again ${REF:+--reference_ms=$REF} \
   --output="$DEST/end_to_end.md"
 
 {
-  echo "# Image input path on $(nvidia-smi -L 2>/dev/null | head -n 1 || echo 'this machine')"
+  GPU=$(nvidia-smi -L 2>/dev/null | head -n 1)
+  echo "# Image input path on ${GPU:-this machine (no GPU found)}"
   echo
   echo "$(nproc) host cores. Written by experiments/gpu/images.sh$([ "${HJAX_GPU_TINY:-0}" = 1 ] && echo ' (HJAX_GPU_TINY=1: reduced sizes)')."
   for name in step_float32 step_bfloat16 pipeline end_to_end; do
