@@ -110,6 +110,10 @@ def main(argv=None):
         _, runs[a][1] = timed(*[runs[a][i] for i in range(4)])
     ratios = {a: [] for a in names[1:]}
     erm_times = []
+    if len(names) == 1:               # --algorithms= : ERM's host-batch step alone
+        for _ in range(FLAGS.rounds * FLAGS.steps):
+            t, runs["erm"][1] = timed(*[runs["erm"][j] for j in range(4)])
+            erm_times.append(t)
     for r in range(FLAGS.rounds):
         for a in names[1:]:
             for i in range(FLAGS.steps):
@@ -119,6 +123,8 @@ def main(argv=None):
                     t[m], runs[m][1] = timed(*[runs[m][j] for j in range(4)])
                 ratios[a].append(t[a] / t["erm"])
                 erm_times.append(t["erm"])
+        if len(names) == 1:
+            break
         print(f"round {r + 1}/{FLAGS.rounds}: " + ", ".join(
             f"{a} {statistics.median(ratios[a]):.2f}x" for a in names[1:]), flush=True)
 
@@ -134,19 +140,21 @@ def main(argv=None):
     lines = [f"{FLAGS.arch}, {FLAGS.domains} domains x {FLAGS.batch_size} images at "
              f"{FLAGS.image_size} px ({FLAGS.dtype}), {FLAGS.classes} classes; "
              f"{platform.machine()}, {jax.device_count()} {jax.devices()[0].platform} "
-             f"device(s), jax {jax.__version__}. {FLAGS.rounds} rounds x {FLAGS.steps} steps, "
-             "each paired with an adjacent ERM step; relative = median of the paired ratios "
-             "[quartiles].", "",
+             f"device(s), jax {jax.__version__}. " + (
+                 f"{FLAGS.rounds} rounds x {FLAGS.steps} steps, each paired with an adjacent "
+                 "ERM step; relative = median of the paired ratios [quartiles]." if names[1:]
+                 else f"ERM alone: median of {FLAGS.rounds * FLAGS.steps} steps."), "",
              "| algorithm | step (median) | relative to ERM | compile | XLA temporaries |",
              "|---|---|---|---|---|"]
     erm_med = statistics.median(erm_times)
+    print(f"erm_step_ms={1e3 * erm_med:.3f}", flush=True)     # read by bench_pipeline.py
     lines.append(f"| erm | {1e3 * erm_med:.0f} ms | 1.00x | {runs['erm'][4]:.1f} s | "
                  f"{temp_mb(runs['erm'][5]):.0f} MiB |")
     for a in names[1:]:
         med, q1, q3 = quartiles(ratios[a])
         lines.append(f"| {a} | {1e3 * med * erm_med:.0f} ms | {med:.2f}x [{q1:.2f}, {q3:.2f}] "
                      f"| {runs[a][4]:.1f} s | {temp_mb(runs[a][5]):.0f} MiB |")
-    if FLAGS.memory_classes:
+    if FLAGS.memory_classes and names[1:]:
         lines += ["", f"The penalty alone with a {FLAGS.memory_classes}-class head (DomainNet), "
                   f"{FLAGS.domains} x {FLAGS.batch_size} features of width "
                   f"{2048 if FLAGS.arch == 'resnet50' else 512}: XLA temporaries of its "

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from hjax.data.image_datasets import IMAGE_DATASETS
+from hjax.data.images import IMAGE_DATASETS
 from hjax.errors import ConfigError
 from hjax.protocols.domainbed import hparams
 from hjax.protocols.domainbed.run import RunConfig, run
@@ -104,3 +104,17 @@ def test_large_image_hparams_follow_domainbed():
     draws = {hparams.random_hparams("erm", "pacs", s)["resnet_dropout"] for s in range(1, 40)}
     assert draws == {0.0, 0.1, 0.5}
     assert "resnet_dropout" not in hparams.default_hparams("erm", "rotated_mnist")
+
+
+def test_host_augmentation_path_still_trains_and_is_part_of_the_identity(pacs_dir, tmp_path):
+    # The PIL reference path (--augment=host): other draws than the device path, so a
+    # checkpoint of one is not resumed by the other.
+    out = tmp_path / "host"
+    cfg = _config(pacs_dir, out, augment="host", decoded_cache=False)
+    records = run(dataclasses.replace(cfg, stop_after_step=0), log=lambda m: None)
+    assert [r["step"] for r in records] == [0] and records[0]["args"]["augment"] == "host"
+    assert 0.0 <= records[0]["env1_in_acc"] <= 1.0
+    with pytest.raises(ConfigError, match="different job"):
+        run(dataclasses.replace(cfg, augment="device"), log=lambda m: None)
+    with pytest.raises(ConfigError, match="augment"):
+        run(_config(pacs_dir, tmp_path / "bad", augment="gpu"), log=lambda m: None)

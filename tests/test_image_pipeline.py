@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hjax.data import image_transforms as T
-from hjax.data.image_datasets import ImageDecodeError, scan_image_folder
-from hjax.data.image_pipeline import TrainBatch, decode, eval_batches, train_batches
+from hjax.data.images import pil_transforms as T
+from hjax.data.images import ImageDecodeError, scan_image_folder
+from hjax.data.images.pipeline import TrainBatch, decode, eval_batches, train_batches
 from hjax.errors import ConfigError
 from image_tree import class_color, make_image, make_tree
 
@@ -162,3 +162,56 @@ def test_undecodable_file_is_a_clear_error(tmp_path):
         list(eval_batches([str(p)], [0], SIZE, batch_size=1))
     with pytest.raises(ConfigError, match="no images"):
         train_batches([([], [])], 2, SIZE, seed=0)
+
+
+# --- uint8 canvases for the device path ------------------------------------------------
+
+CANVAS = 48
+
+
+def test_train_canvases_are_uint8_a_function_of_seed_and_step_and_share_the_draws(tree):
+    from hjax.data.images.pipeline import TrainCanvases, train_canvases
+    envs = tree.environments()
+    kw = dict(batch_size=3, canvas=CANVAS, seed=11)
+    full = _take(train_canvases(envs, workers=0, **kw), 4)
+    resumed = _take(train_canvases(envs, start_step=2, workers=0, **kw), 2)
+    in_worker = _take(train_canvases(envs, start_step=1, workers=1, **kw), 3)
+    for got, want in zip(resumed + in_worker, full[2:] + full[1:]):
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    canvases, hw, labels = full[0]
+    assert canvases.shape == (2, 3, CANVAS, CANVAS, 3) and canvases.dtype == np.uint8
+    assert hw.shape == (2, 3, 2) and (hw == [30, 40]).all()        # 40 x 30 images fit
+    # The same example indices as the PIL path's batches: one sampling rule.
+    np.testing.assert_array_equal(TrainCanvases(envs, 3, CANVAS, 11).indices(5),
+                                  TrainBatch(envs, 3, SIZE, 11, True).indices(5))
+    idx = TrainCanvases(envs, 3, CANVAS, 11).indices(0)
+    for e, (paths, labs) in enumerate(envs):
+        np.testing.assert_array_equal(labels[e], labs[idx[e]])
+        for i in range(3):
+            want = np.asarray(decode(paths[idx[e, i]]))
+            np.testing.assert_array_equal(canvases[e, i, :30, :40], want)
+            assert not canvases[e, i, 30:].any()
+
+
+def test_eval_canvases_cover_every_example_once_with_a_mask(tree):
+    from hjax.data.images.pipeline import eval_canvases
+    paths = np.concatenate([d.paths for d in tree.domains])[:7]
+    labels = np.concatenate([d.labels for d in tree.domains])[:7]
+    got = list(eval_canvases(paths, labels, CANVAS, batch_size=3))
+    assert len(got) == 3
+    masks = np.concatenate([m for *_, m in got])
+    assert masks.tolist() == [True] * 7 + [False] * 2
+    np.testing.assert_array_equal(np.concatenate([y for _, _, y, _ in got])[masks], labels)
+    canvases = np.concatenate([c for c, *_ in got])
+    for i in range(7):
+        np.testing.assert_array_equal(canvases[i, :30, :40], np.asarray(decode(paths[i])))
+
+
+def test_undecodable_file_is_a_clear_error_in_the_canvas_path(tmp_path):
+    from hjax.data.images.pipeline import eval_canvases
+    p = make_image(tmp_path / "x" / "c" / "big.jpg", (90, 40, 10), size=(200, 150),
+                   rng=np.random.default_rng(0))
+    p.write_bytes(p.read_bytes()[: p.stat().st_size * 2 // 3])
+    with pytest.raises(ImageDecodeError, match="cannot decode image .*big.jpg"):
+        list(eval_canvases([str(p)], [0], CANVAS, batch_size=1))

@@ -62,6 +62,10 @@ flags.DEFINE_bool("overwrite", False,
 flags.DEFINE_enum("progress", "auto", list(MODES),
                   "progress line on stderr (step, loss, examples or images per second, ETA "
                   "after compilation): auto = only on a terminal")
+flags.DEFINE_enum("augment", "device", ["device", "host"], "image datasets: augment on the "
+                  "device (JAX, default) or on the host (the PIL reference)")
+flags.DEFINE_bool("decoded_cache", True, "image datasets: decode PACS/VLCS/OfficeHome/"
+                  "TerraIncognita once into <data_dir>/hjax_decoded (memory-mapped)")
 flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vmap_trials: "
                     "train those jobs as one vmapped program (other flags are ignored)")
 
@@ -69,7 +73,7 @@ flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vm
 def _checkpoint_freq(f) -> int:
     if f.checkpoint_freq is not None:
         return f.checkpoint_freq
-    from hjax.data.image_datasets import IMAGE_DATASETS
+    from hjax.data.images import IMAGE_DATASETS
     info = IMAGE_DATASETS.get(f.dataset)
     return info.checkpoint_freq if info is not None else 100
 
@@ -101,7 +105,8 @@ def config_from_flags(f):
                      width_multiplier=f.width_multiplier, fake_data=f.fake_data,
                      stop_after_step=f.stop_after_step, data_dir=f.data_dir, arch=f.arch,
                      image_size=f.image_size, dtype=f.dtype, pretrained=f.pretrained,
-                     workers=f.workers, overwrite=f.overwrite, progress=f.progress)
+                     workers=f.workers, overwrite=f.overwrite, progress=f.progress,
+                     augment=f.augment, decoded_cache=f.decoded_cache)
 
 
 def main(argv=None):

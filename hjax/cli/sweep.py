@@ -135,7 +135,7 @@ def build_jobs(f):
         if a not in ALGORITHMS:
             raise UsageError(f"--algorithms: {a!r} is not valid; choose from: "
                              f"{', '.join(ALGORITHMS)}")
-    from hjax.data.image_datasets import IMAGE_DATASET_NAMES
+    from hjax.data.images import IMAGE_DATASET_NAMES
     if f.vmap_trials and set(f.datasets) & set(IMAGE_DATASET_NAMES):
         raise UsageError("--vmap_trials is for the MNIST datasets; image datasets run one job "
                          "per process (their batches come from the host input pipeline)")

@@ -64,11 +64,11 @@ _BUILDERS: Mapping[str, Callable[..., list[Environment]]] = {
 
 def dataset_info(name: str) -> DatasetInfo:
     """The DatasetInfo of `name` (an MNIST dataset of DATASET_INFO, or an image dataset of
-    hjax.data.image_datasets, read from files rather than built by make_environments);
+    hjax.data.images, read from files rather than built by make_environments);
     ValueError listing the valid names otherwise."""
     if name in DATASET_INFO:
         return DATASET_INFO[name]
-    from hjax.data.image_datasets import IMAGE_DATASETS
+    from hjax.data.images import IMAGE_DATASETS
     if name in IMAGE_DATASETS:
         image = IMAGE_DATASETS[name]
         every = tuple(range(len(image.domains)))
@@ -101,10 +101,10 @@ def make_environments(name: str, seed: int = 0, *, mnist: Mnist | None = None,
     Options: colored_mnist_label_shift takes split="intended" (default) or "reference".
     """
     if name not in DATASET_INFO:
-        from hjax.data.image_datasets import IMAGE_DATASETS
+        from hjax.data.images import IMAGE_DATASETS
         if name in IMAGE_DATASETS:
             raise ValueError(f"{name!r} is an image dataset: it is read from files by "
-                             "hjax.data.image_datasets.load_image_dataset, not built here")
+                             "hjax.data.images.load_image_dataset, not built here")
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     resolved = resolve_options(name, options)
     if mnist is None:

@@ -68,7 +68,7 @@ def data_identity(config) -> dict:
             return {"source": "fake", "digest": _fake_digest()}
         from hjax.data.schema import MNIST_SHA256     # real MNIST is checked against it
         return {"source": "mnist", "digest": MNIST_SHA256}
-    from hjax.data.image_datasets import IMAGE_DATASETS, image_data_dir, load_image_dataset
+    from hjax.data.images import IMAGE_DATASETS, image_data_dir, load_image_dataset
     root = image_data_dir(config.data_dir) / IMAGE_DATASETS[config.dataset].dir
     if not root.is_dir():       # fetches pacs_mini, or raises its one-line error
         load_image_dataset(config.dataset, config.data_dir, verify=False, check_counts=False)
@@ -201,7 +201,7 @@ def job_run_config(job, output_dir: str):
     """The RunConfig that ``domainbed_train`` builds from ``job.flags()`` (the checkpoint
     frequency defaulting per dataset, as its flag does); ConfigError for a setting it does
     not know."""
-    from hjax.data.image_datasets import IMAGE_DATASETS
+    from hjax.data.images import IMAGE_DATASETS
     from hjax.protocols.domainbed.run import RunConfig
     kwargs, overrides = {}, {}
     for name, value in job.extra:

@@ -26,12 +26,13 @@ from hjax.protocols.domainbed.hparams import ALGORITHMS
 from hjax.protocols.domainbed.data import (HOLDOUT_FRACTION, TrainArrays, split_environments,
                                   stack_train)
 from hjax.protocols.domainbed.hparams import make_hparams, seed_hash
-from hjax.data.image_datasets import (IMAGE_DATASET_NAMES, IMAGE_DATASETS, load_image_dataset,
-                                      split_in_out)
+from hjax.data.images import (IMAGE_DATASET_NAMES, IMAGE_DATASETS, image_data_dir,
+                              load_image_dataset, split_in_out)
 from hjax.models import mnist_cnn_model, resnet_model
 from hjax.models.torchvision_weights import pretrained_resnet_model
 from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, init_state,
-                                              make_batch_evaluator, make_evaluator,
+                                              make_batch_evaluator, make_canvas_evaluator,
+                                              make_device_augment_step, make_evaluator,
                                               make_host_batch_step, make_train_step,
                                               to_eval_split)
 from hjax.io.provenance import provenance
@@ -46,7 +47,8 @@ DATASETS = MNIST_DATASETS + IMAGE_DATASET_NAMES
 ARCHS = ("resnet18", "resnet50")
 DTYPES = ("float32", "bfloat16")
 # Settings of the image datasets only (absent from an MNIST job's identity and records).
-_IMAGE_FIELDS = ("arch", "image_size", "dtype", "pretrained")
+_IMAGE_FIELDS = ("arch", "image_size", "dtype", "pretrained", "augment")
+AUGMENT_ON = ("device", "host")
 DONE_NAME = identity_lib.DONE_NAME
 RESULTS_NAME = identity_lib.RESULTS_NAME
 
@@ -67,7 +69,7 @@ class RunConfig:
     fake_data: bool = False
     eval_chunk: int = 1024
     stop_after_step: int | None = None     # testing: stop (as if killed) after this step
-    # Image datasets (hjax.data.image_datasets): where the data are ($HJAX_DATA_DIR or
+    # Image datasets (hjax.data.images): where the data are ($HJAX_DATA_DIR or
     # ~/.cache/hjax when None), the ResNet, the input size, the compute dtype, torchvision
     # weights to start from (.pth/.safetensors/.npz; None = random init) and the number of
     # input-pipeline worker processes (0 = in this process).
@@ -77,6 +79,11 @@ class RunConfig:
     dtype: str = "float32"
     pretrained: str | None = None
     workers: int = 2
+    # Image augmentation on the "device" (default) or by PIL on the "host" (the reference;
+    # other draws, so part of the identity); decode once into a memory-mapped cache under
+    # data_dir (hjax.data.images.decoded_cache; same pixels, so not part of it).
+    augment: str = "device"
+    decoded_cache: bool = True
     # Not part of the job's identity: move another job's files aside instead of refusing
     # the folder, and whether to show a progress line (the command line's --progress).
     overwrite: bool = False
@@ -91,7 +98,7 @@ class RunConfig:
         hparams and the data, the job's run identity: hjax.protocols.domainbed.identity)."""
         d = dataclasses.asdict(self)
         for key in ("output_dir", "stop_after_step", "eval_chunk", "data_dir", "workers",
-                    "overwrite", "progress"):
+                    "decoded_cache", "overwrite", "progress"):
             d.pop(key)
         if not self.is_image_dataset:
             for key in _IMAGE_FIELDS:
@@ -134,6 +141,9 @@ def validate(config: RunConfig, num_envs: int) -> None:
             raise ConfigError(f"--image_size={config.image_size} must be >= 32")
         if config.workers < 0:
             raise ConfigError(f"--workers={config.workers} must be >= 0")
+        if config.augment not in AUGMENT_ON:
+            raise ConfigError(f"--augment={config.augment!r} is not valid; choose one of: "
+                              f"{', '.join(AUGMENT_ON)}")
         if config.fake_data:
             raise ConfigError("--fake_data is for the MNIST datasets; image datasets read "
                               "--data_dir")
@@ -211,7 +221,7 @@ class JobData(NamedTuple):
 
 class ImageJobData(NamedTuple):
     """What one image-dataset job trains and evaluates on: file lists, decoded by the input
-    pipeline (hjax.data.image_pipeline) as the job runs."""
+    pipeline (hjax.data.images.pipeline) as the job runs."""
     num_envs: int
     train_idx: list[int]
     train_domains: list[tuple[np.ndarray, np.ndarray]]     # in splits of the training envs
@@ -219,6 +229,8 @@ class ImageJobData(NamedTuple):
     eval_outs: list[tuple[np.ndarray, np.ndarray]]
     steps_per_epoch: float
     example_images: np.ndarray                             # [2, S, S, 3] zeros, for init
+    dataset: object = None                                 # the ImageDataset scanned
+    data_dir: object = None                                # where it was found
 
 
 def load_image_job_data(config: RunConfig, batch_size: int,
@@ -243,7 +255,8 @@ def load_image_job_data(config: RunConfig, batch_size: int,
     size = config.image_size
     return ImageJobData(len(ins), train_idx, [ins[i] for i in train_idx], ins, outs,
                         min(len(ins[i][1]) for i in train_idx) / batch_size,
-                        np.zeros((2, size, size, 3), np.float32))
+                        np.zeros((2, size, size, 3), np.float32), dataset,
+                        image_data_dir(config.data_dir))
 
 
 def example_images(data) -> np.ndarray:
@@ -369,8 +382,55 @@ def report_divergence(config: RunConfig, hp: dict, step: int, name: str, log) ->
 
 def _image_steps(config: RunConfig, hp: dict, model, data: ImageJobData, start: int):
     """(next_step() -> (state -> (state, logs)), evaluate(params, kind, env) -> accuracy,
-    close()) for an image job: batches from the host pipeline, deterministic per step."""
-    from hjax.data import image_pipeline
+    close(), place(state) -> state) for an image job: batches from the host pipeline,
+    deterministic per step, augmented on the device (or, ``augment="host"``, by PIL)."""
+    if config.augment == "host":
+        return _host_augment_steps(config, hp, model, data, start)
+    from hjax.data.images import decoded_cache, pipeline, prefetch
+    from hjax.data.images.decode import canvas_size
+    batch_size = int(hp["batch_size"])
+    canvas = canvas_size(config.image_size)
+    seed = seed_hash("domainbed-images", config.trial_seed)
+    cache = (decoded_cache.open_or_build(data.dataset, data.data_dir, canvas, config.workers)
+             if config.decoded_cache and data.dataset is not None else None)
+    if cache is not None:       # the decoded cache: no decoding left, gathers in-process
+        train = pipeline.cached_sources(cache, data.dataset, data.train_domains)
+        splits = {k: pipeline.cached_sources(cache, data.dataset, v)
+                  for k, v in (("in", data.eval_ins), ("out", data.eval_outs))}
+        eval_workers = 0
+    else:
+        train = [paths for paths, _ in data.train_domains]
+        splits = {k: [paths for paths, _ in v] for k, v in (("in", data.eval_ins),
+                                                             ("out", data.eval_outs))}
+        eval_workers = config.workers
+    labels = {"in": [y for _, y in data.eval_ins], "out": [y for _, y in data.eval_outs]}
+    sharding = prefetch.batch_sharding(batch_size)
+    batches = prefetch.prefetch_to_device(pipeline.train_canvases(
+        [(images, y) for images, (_, y) in zip(train, data.train_domains)], batch_size,
+        canvas, seed=seed, start_step=start, workers=config.workers), sharding=sharding)
+    step_fn = make_device_augment_step(config.algorithm, model, hp, base_key(config.trial_seed),
+                                       seed, config.image_size)
+    evaluate_batches = make_canvas_evaluator(model, config.image_size)
+
+    def step(state):
+        return step_fn(state, *next(batches))
+
+    largest = max(len(y) for y in labels["in"] + labels["out"])
+    eval_batch = min(config.eval_chunk, 128, -(-largest // 8) * 8)
+    eval_sharding = prefetch.batch_sharding(eval_batch, axis=0)
+
+    def evaluate(params, kind, i):
+        with prefetch.prefetch_to_device(pipeline.eval_canvases(
+                splits[kind][i], labels[kind][i], canvas, eval_batch, workers=eval_workers),
+                sharding=eval_sharding) as eval_iter:
+            return evaluate_batches(params, eval_iter)
+
+    return step, evaluate, batches.close, lambda state: prefetch.replicated(state, sharding)
+
+
+def _host_augment_steps(config: RunConfig, hp: dict, model, data: ImageJobData, start: int):
+    """The PIL reference path: decode and augment on the host, float32 batches."""
+    from hjax.data.images import pipeline as image_pipeline
     batch_size = int(hp["batch_size"])
     batches = image_pipeline.train_batches(
         data.train_domains, batch_size, config.image_size,
@@ -395,7 +455,7 @@ def _image_steps(config: RunConfig, hp: dict, model, data: ImageJobData, start: 
                                          eval_batch) as eval_iter:
             return evaluate_batches(params, eval_iter)
 
-    return step, evaluate, batches.close
+    return step, evaluate, batches.close, lambda state: state
 
 
 def _array_steps(config: RunConfig, hp: dict, model, data: JobData):
@@ -405,7 +465,7 @@ def _array_steps(config: RunConfig, hp: dict, model, data: JobData):
     splits = {"in": data.eval_ins, "out": data.eval_outs}
     return (lambda state: step_fn(state, data.train),
             lambda params, kind, i: evaluate_split(params, splits[kind][i]),
-            lambda: None)
+            lambda: None, lambda state: state)
 
 
 def run(config: RunConfig, log: Callable[[str], None] = _LOG.info,
@@ -420,9 +480,11 @@ def run(config: RunConfig, log: Callable[[str], None] = _LOG.info,
     state, records = initial_state(config, hp, model, data, log)
     log_penalty_note(config, hp, data, log)
     if config.is_image_dataset:
-        train_step, evaluate, close = _image_steps(config, hp, model, data, int(state.step))
+        train_step, evaluate, close, place = _image_steps(config, hp, model, data,
+                                                          int(state.step))
     else:
-        train_step, evaluate, close = _array_steps(config, hp, model, data)
+        train_step, evaluate, close, place = _array_steps(config, hp, model, data)
+    state = place(state)
     try:
         return _train(config, hp, data, state, records, train_step, evaluate, log, progress)
     finally:

@@ -4,10 +4,13 @@ Randomness: one base key per run (:func:`base_key`); step t uses ``fold_in(base,
 into a data key (minibatch sampling) and an algorithm key (e.g. Hutchinson probes), so a run
 resumed from a checkpoint at step t draws exactly what the uninterrupted run drew.
 
-Two data paths: MNIST datasets live on the device and each step samples its minibatches
-in the compiled step (:func:`make_train_step`); image datasets are decoded and augmented by
-the host input pipeline (hjax.data.image_pipeline, deterministic per step as well) and each
-step takes that batch (:func:`make_host_batch_step`).
+Data paths: MNIST datasets live on the device and each step samples its minibatches in the
+compiled step (:func:`make_train_step`). Image datasets are sampled and decoded by the host
+input pipeline (hjax.data.images.pipeline, deterministic per step as well): by default the
+step takes uint8 canvases and augments them itself, compiled with the update
+(:func:`make_device_augment_step`, :func:`make_canvas_evaluator`); the PIL reference path
+augments on the host and the step takes float32 images (:func:`make_host_batch_step`,
+:func:`make_batch_evaluator`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hjax.data.images import device_transforms
 from hjax.protocols.domainbed import algorithms
 from hjax.protocols.domainbed.algorithms import Batch
 from hjax.protocols.domainbed.data import Split, TrainArrays, sample_batches
@@ -78,6 +82,44 @@ def make_host_batch_step(algorithm_name: str, model, hp, base: jax.Array):
         return update(state, Batch(images, labels), alg_key)
 
     return train_step
+
+
+def make_device_augment_step(algorithm_name: str, model, hp, base: jax.Array,
+                             augment_seed: int, image_size: int):
+    """A jitted ``(state, canvases uint8 [E, B, C, C, 3], hw [E, B, 2], labels [E, B]) ->
+    (state, logs)``: DomainBed's training augmentation of each example on the device, keyed
+    by (augment_seed, state.step, domain, index), then the update of
+    :func:`make_host_batch_step`."""
+    update = algorithms.make_update(algorithm_name, model, hp)
+    augment_key = jax.random.key(augment_seed)
+
+    @jax.jit
+    def train_step(state: TrainState, canvases, hw, labels):
+        _, alg_key = jax.random.split(jax.random.fold_in(base, state.step))
+        images = device_transforms.augment_batch(augment_key, state.step, canvases, hw,
+                                                 image_size)
+        return update(state, Batch(images, labels), alg_key)
+
+    return train_step
+
+
+def make_canvas_evaluator(model, image_size: int):
+    """``evaluate(params, batches) -> accuracy`` over (canvases, hw, labels, mask) batches:
+    the eval transform (resize, normalise) runs in the compiled forward pass."""
+    @jax.jit
+    def correct(params, canvases, hw, labels, mask):
+        images = device_transforms.eval_batch(canvases, hw, image_size)
+        pred = jnp.argmax(model.apply(params, images), axis=-1)
+        return jnp.sum((pred == labels) & mask), jnp.sum(mask)
+
+    def evaluate(params, batches) -> float:
+        right = total = 0
+        for canvases, hw, labels, mask in batches:
+            c, n = correct(params, canvases, hw, labels, mask)
+            right, total = right + int(c), total + int(n)
+        return right / max(total, 1)
+
+    return evaluate
 
 
 def make_batch_evaluator(model):

