@@ -28,5 +28,5 @@ part() {   # part NAME SECONDS SCRIPT: run one part, pack its folder into $OUT/N
 }
 part cmnist "${CMNIST_S:-200}" experiments/gpu/colored_mnist.sh
 part images "${IMAGES_S:-135}" experiments/gpu/images.sh
-SUITE_TIMEOUT=${SUITE_TIMEOUT:-185} WORKERS=${WORKERS:-8} \
-  part tests "${TESTS_S:-200}" experiments/gpu/test_suite.sh
+export SUITE_TIMEOUT=${SUITE_TIMEOUT:-185} WORKERS=${WORKERS:-8}
+part tests "${TESTS_S:-200}" experiments/gpu/test_suite.sh
