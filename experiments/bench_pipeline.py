@@ -1,4 +1,4 @@
-"""Benchmark: the image input pipeline in its steady state, and a whole training job against
+r"""Benchmark: the image input pipeline in its steady state, and a whole training job against
 the step alone.
 
     python experiments/bench_pipeline.py [--image_size=224] [--workers=0,1,2]

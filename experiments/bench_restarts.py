@@ -1,4 +1,4 @@
-"""Benchmark: a method's restarts one after another (loop) vs as one program (vmap), end to end.
+r"""Benchmark: a method's restarts one after another (loop) vs as one program (vmap), end to end.
 
     python experiments/bench_restarts.py [--methods=erm,hgp] [--restarts=10] [--steps=501] \
         [--modes=loop,vmap] [--output=FILE.md]

@@ -1,4 +1,4 @@
-"""Benchmark: median full-batch train-step time per method, relative to ERM, in one process.
+r"""Benchmark: median full-batch train-step time per method, relative to ERM, in one process.
 
     python experiments/bench_train.py [--methods=erm,hgp,...] [--steps=5 --rounds=3] \
         [--restarts=10] [--output=FILE.md]

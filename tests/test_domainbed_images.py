@@ -114,7 +114,7 @@ def test_host_augmentation_path_still_trains_and_is_part_of_the_identity(pacs_di
     records = run(dataclasses.replace(cfg, stop_after_step=0), log=lambda m: None)
     assert [r["step"] for r in records] == [0] and records[0]["args"]["augment"] == "host"
     assert 0.0 <= records[0]["env1_in_acc"] <= 1.0
-    with pytest.raises(ConfigError, match="different job"):
+    with pytest.raises(ConfigError, match="other settings"):
         run(dataclasses.replace(cfg, augment="device"), log=lambda m: None)
     with pytest.raises(ConfigError, match="augment"):
         run(_config(pacs_dir, tmp_path / "bad", augment="gpu"), log=lambda m: None)

@@ -27,6 +27,7 @@ OPTIONAL_MODULES = {
     "tensorflow_datasets": ("tensorflow-datasets", "experiments"),
     "orbax": ("orbax-checkpoint", "experiments"),
     "submitit": ("submitit", "experiments"),
+    "tqdm": ("tqdm", "experiments"),
 }
 
 
