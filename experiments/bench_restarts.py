@@ -37,7 +37,7 @@ flags.DEFINE_string("scratch_dir", None, "where the runs write (default a tempor
 flags.DEFINE_string("output", None, "also write the Markdown table here")
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-# The jitted functions' names: train.make_train_step's step, make_eval's evaluate and
+# The jitted functions' names: train.make_init_and_step's step, make_eval's evaluate and
 # alignment_tracking.make_alignment_fn's fn (vmap keeps a function's name).
 _PROGRAMS = ("jit(step)", "jit(evaluate)", "jit(fn)")
 

@@ -61,7 +61,7 @@ def compile_method(method, batch, mesh, curvature, restarts=1):
     ``restarts > 1``: ``batch`` is [R, E, n, ...] and the step is vmapped over R."""
     model = irm_mlp()
     hp = train.method_hparams(method, curvature=curvature)
-    init, step_fn = train.make_train_step(model, method, hp,
+    init, step_fn = train.make_init_and_step(model, method, hp,
                                           merge_domains=mesh.devices.size == 1)
     shape = (1,) + batch.images.shape[2 if restarts == 1 else 3:]
     if restarts == 1:

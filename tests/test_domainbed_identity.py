@@ -13,7 +13,8 @@ import pytest
 
 from hjax.io import run_identity
 from hjax.protocols.domainbed import identity
-from hjax.protocols.domainbed.run import RunConfig, job_identity, resolve_hparams
+from hjax.protocols.domainbed.config import RunConfig, resolve_hparams
+from hjax.protocols.domainbed.identity import job_identity
 
 pytestmark = pytest.mark.fast_compile
 

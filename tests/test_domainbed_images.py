@@ -18,7 +18,8 @@ import pytest
 from hjax.data.images import IMAGE_DATASETS
 from hjax.errors import ConfigError
 from hjax.protocols.domainbed import hparams
-from hjax.protocols.domainbed.run import RunConfig, run
+from hjax.protocols.domainbed.config import RunConfig
+from hjax.protocols.domainbed.run import run
 
 from image_tree import make_tree
 

@@ -181,7 +181,7 @@ def test_cpu_mini_preset_sets_the_sweep_and_explicit_flags_win(tmp_path, cli):
 
 def test_penalties_that_never_act_are_named():
     from hjax.protocols.domainbed.hparams import default_hparams
-    from hjax.protocols.domainbed.run import inactive_penalty_note
+    from hjax.protocols.domainbed.loop import inactive_penalty_note
 
     def note(alg, steps=5001, envs=2, **hp):
         return inactive_penalty_note(alg, {**default_hparams(alg, DS), **hp}, steps, envs)

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from hjax.cli import UsageError
-from hjax.protocols.domainbed.run import RunConfig, validate
+from hjax.protocols.domainbed.config import RunConfig, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "experiments" / "train.py")]

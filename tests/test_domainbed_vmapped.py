@@ -16,7 +16,8 @@ import pytest
 
 from hjax.protocols.domainbed import jobs as jobs_lib
 from hjax.protocols.domainbed import vmapped
-from hjax.protocols.domainbed.run import RunConfig, resolve_hparams, run
+from hjax.protocols.domainbed.config import RunConfig, resolve_hparams
+from hjax.protocols.domainbed.run import run, run_group
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DS = "domainbed_colored_mnist"
@@ -74,7 +75,7 @@ def separate_runs(tmp_path_factory):
 def test_vmapped_group_equals_separate_runs(tmp_path, separate_runs, batching):
     root, specs = separate_runs
     logs = []
-    vmapped.run_group([config(tmp_path / f"v{h}{t}", "fishr", h, t) for h, t in specs],
+    run_group([config(tmp_path / f"v{h}{t}", "fishr", h, t) for h, t in specs],
                       log=logs.append, batching=batching)
     # One program for both, with the hparams traced per trial.
     assert sum(f"vmapped group of 2 job(s) ({batching})" in m for m in logs) == 1
@@ -98,10 +99,10 @@ def test_grouping_by_shape_and_group_size(tmp_path):
     assert vmapped.group_by_shape(cfgs, hps) == [[0, 1, 2], [3], [4], [5]]
     assert vmapped.group_by_shape(cfgs, hps, max_group=2) == [[0, 1], [2], [3], [4], [5]]
     # auto: unroll on XLA:CPU, vmap on accelerators.
-    assert vmapped.resolve_batching("auto") == (
+    assert vmapped.resolve_trial_batching("auto") == (
         "unroll" if jax.default_backend() == "cpu" else "vmap")
     with pytest.raises(ValueError, match="map"):
-        vmapped.resolve_batching("map")
+        vmapped.resolve_trial_batching("map")
     assert vmapped.is_static_hparam("hutchinson_num_probes")
     assert not vmapped.is_static_hparam("fishr_lambda")
 
@@ -113,7 +114,7 @@ def test_group_resumes_and_skips_jobs_like_train_py(tmp_path):
     run(dataclasses.replace(killed_cfg, stop_after_step=2), log=QUIET)     # "killed" at step 2
     stamp = (tmp_path / "done" / "results.jsonl").stat().st_mtime_ns
     logs = []
-    vmapped.run_group([done_cfg, killed_cfg, fresh_cfg], log=logs.append)
+    run_group([done_cfg, killed_cfg, fresh_cfg], log=logs.append)
     assert any("already done" in m for m in logs)
     assert (tmp_path / "done" / "results.jsonl").stat().st_mtime_ns == stamp
     assert any("resuming at step 3" in m for m in logs)
@@ -128,7 +129,7 @@ def test_a_diverging_trial_stops_alone_and_writes_no_nan(tmp_path):
     good = config(tmp_path / "good", algorithm="erm")
     bad = config(tmp_path / "bad", algorithm="erm", lr=1e30)
     logs = []
-    vmapped.run_group([good, bad], log=logs.append)
+    run_group([good, bad], log=logs.append)
     assert any("non-finite" in m and "bad" in m for m in logs)
     assert marker(tmp_path / "bad")["status"] == "diverged"
     for r in records(tmp_path / "bad"):                    # only the finite checkpoints

@@ -1,5 +1,6 @@
-"""Restarts as one vmapped program (hjax.protocols.irm_cmnist.batched) against the looped
-run, divergence isolated per restart, and resume from the group's checkpoint.
+"""Restarts as one vmapped program (hjax.protocols.irm_cmnist.loop) against groups of one
+(--restart_batching=loop), divergence isolated per restart, and resume from the group's
+checkpoint (orbax, and the msgpack format of earlier versions).
 
 End-to-end plumbing on fake data with a tiny MLP: XLA's cheap compile mode (tests/conftest.py),
 both sides of every comparison compiled in it.
@@ -14,7 +15,8 @@ import pytest
 
 from hjax import data
 from hjax.protocols import sharding
-from hjax.protocols.irm_cmnist import batched, train
+from hjax.protocols.irm_cmnist import config as cm_config
+from hjax.protocols.irm_cmnist import loop, train
 from hjax.protocols.irm_cmnist.experiment import Callbacks, ExperimentConfig, run_experiment
 from hjax.protocols.irm_cmnist.train import METHODS
 from hjax.models import irm_mlp
@@ -79,7 +81,7 @@ def test_vmapped_restarts_equal_looped_restarts_with_the_penalty_on(method, tmp_
 
 
 def _group(seeds, info, mesh):
-    return batched.prepare_group(data.fake_mnist(), "colored_mnist", seeds, info, mesh)
+    return loop.prepare_group(data.fake_mnist(), "colored_mnist", seeds, info, mesh)
 
 
 def test_a_nan_in_one_vmapped_restart_is_reported_for_it_alone():
@@ -87,8 +89,8 @@ def test_a_nan_in_one_vmapped_restart_is_reported_for_it_alone():
     mesh = sharding.make_mesh(1)
     hp = train.method_hparams("hgp", anneal_iters=2, hidden_dim=8)
     keys = [jax.random.fold_in(jax.random.key(0), r) for r in range(3)]
-    run = lambda group: batched.run_group(irm_mlp(8), group, info, "hgp", hp,  # noqa: E731
-                                          keys=keys, steps=6, mesh=mesh, log_every=1)
+    run = lambda group: loop.train_restarts(irm_mlp(8), group, info, "hgp", hp,  # noqa: E731
+                                            keys=keys, steps=6, mesh=mesh, log_every=1)
     clean = _group([0, 1, 2], info, mesh)
     poisoned = clean._replace(train=clean.train._replace(
         images=clean.train.images.at[1, 0, 0].set(jnp.nan)))
@@ -114,14 +116,14 @@ def test_killed_vmapped_run_resumes_from_the_group_checkpoint_as_if_uninterrupte
     killed = config(tmp_path / "killed", "vmap", **settings)
     with pytest.raises(Killed):
         run_experiment(killed, Callbacks(step=kill, **QUIET))
-    assert os.path.exists(os.path.join(killed.output_dir, "restart_group.ckpt"))
+    assert os.path.isdir(os.path.join(killed.output_dir, "checkpoints"))
     lines, steps = [], []
     got = run_experiment(killed, Callbacks(log=lines.append, warn=lines.append,
                                            step=lambda r, t: steps.append(t)))
     assert any("from its checkpoint at step 5" in line for line in lines)
     assert sorted(set(steps)) == list(range(5, 12))       # steps 0..4 were not re-run
     assert_records_equal(got, want, rtol=0, atol=0)
-    assert not os.path.exists(os.path.join(killed.output_dir, "restart_group.ckpt"))
+    assert not os.path.exists(os.path.join(killed.output_dir, "checkpoints"))
 
 
 def test_a_checkpoint_of_other_settings_is_refused_and_overwrite_moves_it_aside(tmp_path):
@@ -134,19 +136,19 @@ def test_a_checkpoint_of_other_settings_is_refused_and_overwrite_moves_it_aside(
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         run_experiment(first, Callbacks(step=kill, **QUIET))
-    ckpt = tmp_path / "vmap" / "restart_group.ckpt"
-    before = ckpt.read_bytes()
-    with pytest.raises(IdentityClash, match="restart_group.ckpt of another run"):
+    ckpt = tmp_path / "vmap" / "checkpoints"
+    before = sorted(p.relative_to(ckpt) for p in ckpt.rglob("*"))
+    with pytest.raises(IdentityClash, match="checkpoints of another run"):
         run_experiment(config(tmp_path, "vmap", lr=0.01, **settings), Callbacks(**QUIET))
-    assert ckpt.read_bytes() == before
+    assert sorted(p.relative_to(ckpt) for p in ckpt.rglob("*")) == before
     lines, steps = [], []
     other = config(tmp_path, "vmap", lr=0.01, overwrite=True, **settings)
     run_experiment(other, Callbacks(log=lines.append, warn=lines.append,
                                     step=lambda r, t: steps.append(t)))
     assert not any("from its checkpoint" in line for line in lines)
     assert sorted(set(steps)) == list(range(8))
-    [moved] = (tmp_path / "vmap").glob("replaced-*/restart_group.ckpt")
-    assert moved.read_bytes() == before
+    [moved] = (tmp_path / "vmap").glob("replaced-*/checkpoints")
+    assert sorted(p.relative_to(moved) for p in moved.rglob("*")) == before
 
 
 def test_bad_restart_batching_flags_exit_2_with_one_clear_line(cli):
@@ -159,11 +161,12 @@ def test_bad_restart_batching_flags_exit_2_with_one_clear_line(cli):
 
 
 def test_auto_batching_is_vmap_on_accelerators():
-    assert batched.resolve_batching("auto", "gpu") == "vmap"
-    assert batched.resolve_batching("auto", "tpu") == "vmap"
-    assert batched.resolve_batching("auto", "cpu") == batched.CPU_DEFAULT
-    assert batched.resolve_batching("loop", "gpu") == "loop"
-    assert batched.groups(range(2, 9), 3) == [[2, 3, 4], [5, 6, 7], [8]]
+    assert cm_config.resolve_restart_batching("auto", "gpu") == "vmap"
+    assert cm_config.resolve_restart_batching("auto", "tpu") == "vmap"
+    assert (cm_config.resolve_restart_batching("auto", "cpu")
+            == cm_config.CPU_RESTART_BATCHING)
+    assert cm_config.resolve_restart_batching("loop", "gpu") == "loop"
+    assert loop.groups(range(2, 9), 3) == [[2, 3, 4], [5, 6, 7], [8]]
 
 
 def test_reproduce_runs_every_table_run_in_one_process_with_one_eta_line_each(tmp_path, cli):
@@ -200,10 +203,10 @@ def test_benchmarks_time_restarts_batched_on_fake_data(tmp_path):
                   f"--scratch_dir={tmp_path / 'runs'}", f"--output={tmp_path / 'r.md'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "r.md").read_text()
-    # Looped: a step and an evaluation program per restart; vmapped: one of each.
+    # Looped (groups of one) and vmapped: one step and one evaluation program for the run.
     assert "| erm | loop |" in table and "| erm | vmap |" in table
     assert [line.split("|")[4].strip() for line in table.splitlines()
-            if line.startswith("| erm")] == ["4", "2"]
+            if line.startswith("| erm")] == ["2", "2"]
     proc = script("experiments/bench_train.py", "--fake_data", "--methods=erm,hgp",
                   "--restarts=2", "--steps=1", "--rounds=1", f"--output={tmp_path / 't.md'}")
     assert proc.returncode == 0, proc.stderr[-2000:]

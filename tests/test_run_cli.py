@@ -89,17 +89,17 @@ MULTI_DEVICE = r"""
 import jax, numpy as np
 from hjax import data
 from hjax.protocols import sharding
-from hjax.protocols.irm_cmnist import train
+from hjax.protocols.irm_cmnist import loop, train
 from hjax.models import irm_mlp
-envs = data.make_environments("colored_mnist", seed=0, mnist=data.fake_mnist())
 info = data.dataset_info("colored_mnist")
 out = {}
 for method in ("hutchinson", "hgp", "fishr"):
     for n in (1, 4):
-        rec = train.run_restart(irm_mlp(32), envs, info, method,
-                                train.method_hparams(method, num_probes=6, anneal_iters=2),
-                                key=jax.random.key(0), steps=4, mesh=sharding.make_mesh(n),
-                                log_every=1)
+        mesh = sharding.make_mesh(n)
+        group = loop.prepare_group(data.fake_mnist(), "colored_mnist", [0], info, mesh)
+        [rec] = loop.train_restarts(irm_mlp(32), group, info, method,
+                                    train.method_hparams(method, num_probes=6, anneal_iters=2),
+                                    keys=[jax.random.key(0)], steps=4, mesh=mesh, log_every=1)
         out[(method, n)] = rec
     a, b = out[(method, 1)]["history"], out[(method, 4)]["history"]
     assert out[(method, 4)]["num_devices"] == 4

@@ -115,8 +115,7 @@ def test_records_without_identity_are_refused(tmp_path, cli):
 def _identity(**changes):
     config = dataclasses.replace(ExperimentConfig(fake_data=True), **changes)
     hp = method_hparams(config.method, lr=config.lr)
-    split = config.label_shift_split if config.dataset == "colored_mnist_label_shift" else None
-    return identity.config_identity(config, hp, split, TEST_DOMAIN)
+    return identity.config_identity(config, hp)
 
 
 def test_identity_changes_with_every_setting_that_changes_the_numbers():

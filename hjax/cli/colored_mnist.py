@@ -18,53 +18,61 @@ results of other settings is refused (exit 2) unless --overwrite moves them asid
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from absl import flags
 
 from hjax.cli import run_main
 from hjax.cli.progress import MODES, Progress
+from hjax.protocols.irm_cmnist import config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "colored_mnist", "colored_mnist or colored_mnist_label_shift")
-flags.DEFINE_string("method", "hutchinson",
-                    "erm, irm, vrex, fishr, hgp, hutchinson, hutchinson_shared, exact_diag")
-flags.DEFINE_integer("restarts", 10, "independent restarts (data re-drawn, model re-initialized)")
-flags.DEFINE_integer("steps", 501, "full-batch training steps per restart")
-flags.DEFINE_integer("seed", 0, "base seed; restart r uses data and init seeds derived from it")
-flags.DEFINE_integer("num_probes", None, "Hutchinson probes (default 150)")
-flags.DEFINE_string("label_shift_split", "intended",
+D = config.default
+flags.DEFINE_string("dataset", D("dataset"), " or ".join(config.DATASETS))
+flags.DEFINE_string("method", D("method"), ", ".join(config.METHODS))
+flags.DEFINE_integer("restarts", D("restarts"),
+                     "independent restarts (data re-drawn, model re-initialized)")
+flags.DEFINE_integer("steps", D("steps"), "full-batch training steps per restart")
+flags.DEFINE_integer("seed", D("seed"),
+                     "base seed; restart r uses data and init seeds derived from it")
+flags.DEFINE_integer("num_probes", None, f"Hutchinson probes (default {D('num_probes')})")
+flags.DEFINE_string("label_shift_split", D("label_shift_split"),
                     "colored_mnist_label_shift split: intended (97/3) or reference (authors')")
 flags.DEFINE_integer("num_devices", None, "devices for data parallelism (default: all visible)")
 flags.DEFINE_string("output_dir", None, "default runs/<dataset>-<method>-<seed>")
-flags.DEFINE_float("lr", None, "Adam learning rate (default 4.898536566546834e-4)")
-flags.DEFINE_float("l2_weight", None, "L2 weight on all params (default 1.10794568e-3)")
-flags.DEFINE_float("penalty_weight", None,
-                   "penalty weight after annealing (default 91257.18613115903; erm 0)")
-flags.DEFINE_integer("anneal_iters", None, "steps with penalty weight 1 (default 190)")
-flags.DEFINE_integer("hidden_dim", None, "MLP width (default 390)")
-flags.DEFINE_float("alpha", None, "Hessian-term weight for hgp/hutchinson/exact_diag (default 1)")
-flags.DEFINE_float("beta", None, "gradient-term weight for hgp/hutchinson/exact_diag (default 1)")
-flags.DEFINE_string("curvature", None, "closed_form (default) or autodiff head curvature")
-flags.DEFINE_string("matmul", "fp32",
+flags.DEFINE_float("lr", None, f"Adam learning rate (default {D('lr')})")
+flags.DEFINE_float("l2_weight", None, f"L2 weight on all params (default {D('l2_weight')})")
+flags.DEFINE_float("penalty_weight", None, "penalty weight after annealing (default "
+                   f"{D('penalty_weight')}; erm {config.METHOD_DEFAULTS['erm']['penalty_weight']:g})")
+flags.DEFINE_integer("anneal_iters", None,
+                     f"steps with penalty weight 1 (default {D('anneal_iters')})")
+flags.DEFINE_integer("hidden_dim", None, f"MLP width (default {D('hidden_dim')})")
+flags.DEFINE_float("alpha", None,
+                   f"Hessian-term weight for hgp/hutchinson/exact_diag (default {D('alpha'):g})")
+flags.DEFINE_float("beta", None,
+                   f"gradient-term weight for hgp/hutchinson/exact_diag (default {D('beta'):g})")
+flags.DEFINE_string("curvature", None,
+                    f"{' or '.join(config.CURVATURES)} head curvature (default {D('curvature')})")
+flags.DEFINE_string("matmul", D("matmul"),
                     "fp32, or tf32: the MLP body's matmuls with operands rounded to TF32 "
                     "(forward and backward), as PyTorch's default on Ampere GPUs up to 1.11")
-flags.DEFINE_string("restart_batching", "auto",
+flags.DEFINE_string("restart_batching", D("restart_batching"),
                     "vmap: the restarts as one compiled program (train step, evaluation and "
-                    "tracking vmapped over them); loop: one restart after another; auto: vmap")
+                    "tracking vmapped over them); loop: one restart after another; auto: "
+                    f"vmap (on a CPU: {config.CPU_RESTART_BATCHING})")
 flags.DEFINE_integer("restarts_per_program", None,
                      "with vmap: at most this many restarts per program (default: all)")
-flags.DEFINE_integer("checkpoint_every", 100,
-                     "with vmap: save the restarts' state every N steps, so that a killed "
+flags.DEFINE_integer("checkpoint_every", D("checkpoint_every"),
+                     "save the running restarts' state every N steps, so that a killed "
                      "run resumes from there (0 = off)")
-flags.DEFINE_integer("log_every", 100, "steps between logged table rows")
-flags.DEFINE_integer("track_alignment_every", 0,
+flags.DEFINE_integer("log_every", D("log_every"), "steps between logged table rows")
+flags.DEFINE_integer("track_alignment_every", D("track_alignment_every"),
                      "record head-Hessian/gradient distances (train domains; train vs test) "
                      "every N steps and at the last step in the history rows (0 = off)")
-flags.DEFINE_bool("save_params", False,
+flags.DEFINE_bool("save_params", D("save_params"),
                   "save each restart's final params to <output_dir>/params_restart<r>.msgpack")
-flags.DEFINE_bool("fake_data", False, "small synthetic MNIST instead of the real one (tests)")
+flags.DEFINE_bool("fake_data", D("fake_data"),
+                  "small synthetic MNIST instead of the real one (tests)")
 flags.DEFINE_integer("inject_nan_at", None, "testing: make the loss NaN at this step")
 flags.DEFINE_bool("distributed", False,
                   "call jax.distributed.initialize() first (multi-host; see README)")
@@ -75,7 +83,7 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
 flags.DEFINE_bool("overwrite", False,
                   "when --output_dir holds results of other settings, move them aside into "
                   "<output_dir>/replaced-<time>/ and start afresh (default: refuse, exit 2)")
-flags.DEFINE_enum("progress", "auto", list(MODES),
+flags.DEFINE_enum("progress", D("progress"), list(MODES),
                   "progress line on stderr (step, ETA after compilation): auto = only on a "
                   "terminal")
 flags.DEFINE_bool("full_protocol_hint", False,
@@ -100,20 +108,15 @@ class RestartProgress:
         self.line.clear()
 
 
-def config_from_flags(f):
-    from hjax.protocols.irm_cmnist.experiment import ExperimentConfig
-    return ExperimentConfig(**{field.name: getattr(f, field.name)
-                               for field in dataclasses.fields(ExperimentConfig)})
-
-
 def main(argv=None):
     argv = sys.argv if argv is None else argv
 
     def body():
         from hjax.protocols.irm_cmnist.experiment import (Callbacks, format_row,
                                                           run_experiment)
-        config = config_from_flags(FLAGS)
-        progress = RestartProgress(config.restarts, config.steps, config.progress)
+        run_config = config.from_flags(FLAGS)
+        progress = RestartProgress(run_config.restarts, run_config.steps,
+                                   run_config.progress)
 
         def log(message):
             progress.clear()
@@ -122,17 +125,17 @@ def main(argv=None):
         def row(r):
             log(format_row(r))
 
-        run_experiment(config, Callbacks(
+        run_experiment(run_config, Callbacks(
             log=log, warn=lambda m: print(m, file=sys.stderr, flush=True), row=row,
             step=progress.update, restart_done=progress.clear))
         if FLAGS.full_protocol_hint:
             print(f"\nThis was a short first look. The full protocol (10 restarts x 501 steps; "
                   f"about 2-3 hours on 2 CPU cores, minutes on a GPU):\n  python "
-                  f"experiments/run.py --dataset={config.dataset} --method={config.method}",
+                  f"experiments/run.py --dataset={run_config.dataset} --method={run_config.method}",
                   flush=True)
     run_main(FLAGS, argv, body,
              interrupted="finished restarts are in results.jsonl, running ones in "
-                         "restart_group.ckpt (a re-run resumes); no summary written")
+                         "checkpoints/ (a re-run resumes); no summary written")
 
 
 if __name__ == "__main__":

@@ -14,47 +14,55 @@ different run identity: other settings, hparams or data) is refused with exit 2,
 
 from __future__ import annotations
 
-import json
 import sys
-
 
 from absl import flags
 
 from hjax.cli import UsageError, run_main
 from hjax.cli.progress import MODES, Progress
+from hjax.protocols.domainbed import config
+from hjax.protocols.domainbed.hparams import ALGORITHMS
 
 FLAGS = flags.FLAGS
+D = config.default
 flags.DEFINE_string("dataset", "domainbed_colored_mnist",
                     "domainbed_colored_mnist, rotated_mnist, or an image dataset: pacs, vlcs, "
                     "office_home, terra_incognita, domain_net, pacs_mini")
-flags.DEFINE_string("algorithm", "erm", "erm, irm, vrex, coral, fishr, iga, fish, sd, groupdro, "
-                    "hgp, hutchinson, exact_diag")
+flags.DEFINE_string("algorithm", "erm", ", ".join(ALGORITHMS))
 flags.DEFINE_list("test_envs", ["0"], "comma-separated test environment indices")
-flags.DEFINE_integer("hparams_seed", 0, "0 = default hparams; otherwise a random draw")
-flags.DEFINE_integer("trial_seed", 0, "seeds the data, the in/out splits, init and minibatches")
-flags.DEFINE_integer("steps", 5001, "training steps")
+flags.DEFINE_integer("hparams_seed", D("hparams_seed"), "0 = default hparams; otherwise a random draw")
+flags.DEFINE_integer("trial_seed", D("trial_seed"),
+                     "seeds the data, the in/out splits, init and minibatches")
+flags.DEFINE_integer("steps", D("steps"), "training steps")
 flags.DEFINE_integer("checkpoint_freq", None, "steps between evaluations / checkpoints "
-                     "(default: DomainBed's per dataset: 100 for MNIST, 300 for the image "
-                     "datasets, 1000 for DomainNet)")
+                     "(default: DomainBed's per dataset: "
+                     f"{config.MNIST_CHECKPOINT_FREQ} for MNIST, "
+                     f"{config.default_checkpoint_freq('pacs')} for the image datasets, "
+                     f"{config.default_checkpoint_freq('domain_net')} for DomainNet)")
 flags.DEFINE_string("output_dir", None, "where results.jsonl, the checkpoint and done go")
 flags.DEFINE_integer("batch_size", None, "override: examples per training env per step")
 flags.DEFINE_float("lr", None, "override: Adam learning rate")
 flags.DEFINE_string("hparams", None, "JSON object of further hparam overrides")
-flags.DEFINE_float("holdout_fraction", 0.2, "fraction of each env held out as 'out'")
-flags.DEFINE_float("width_multiplier", 1.0, "MNIST_CNN widths x this (tests use small ones)")
-flags.DEFINE_bool("fake_data", False, "small synthetic MNIST instead of the real one (tests)")
+flags.DEFINE_float("holdout_fraction", D("holdout_fraction"),
+                   "fraction of each env held out as 'out'")
+flags.DEFINE_float("width_multiplier", D("width_multiplier"),
+                   "MNIST_CNN widths x this (tests use small ones)")
+flags.DEFINE_bool("fake_data", D("fake_data"),
+                  "small synthetic MNIST instead of the real one (tests)")
 flags.DEFINE_integer("stop_after_step", None, "testing: stop after this step, as if killed")
 flags.DEFINE_string("data_dir", None, "image datasets: the folder holding <DatasetDir>/<domain>/"
                     "<class>/<image> (default $HJAX_DATA_DIR, else ~/.cache/hjax)")
-flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet50"], "image datasets: the ResNet")
-flags.DEFINE_integer("image_size", 224, "image datasets: input resolution (DomainBed: 224)")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+flags.DEFINE_enum("arch", D("arch"), list(config.ARCHS), "image datasets: the ResNet")
+flags.DEFINE_integer("image_size", D("image_size"),
+                     "image datasets: input resolution (DomainBed: 224)")
+flags.DEFINE_enum("dtype", D("dtype"), list(config.DTYPES),
                   "image datasets: compute dtype (bfloat16 for accelerators; params stay float32)")
-flags.DEFINE_string("pretrained", None, "image datasets: torchvision ResNet weights to start from "
-                    "(.npz or .safetensors; .pth where torch is installed; see "
-                    "python -m hjax.cli.convert_weights). Default: random init (DomainBed uses "
-                    "ImageNet weights)")
-flags.DEFINE_integer("workers", 2, "image datasets: input-pipeline worker processes (0 = none)")
+flags.DEFINE_string("pretrained", None, "image datasets: torchvision ResNet weights to start from: "
+                    "'imagenet' (torchvision's ImageNet weights of --arch, fetched into the "
+                    "data folder when missing), or a file (.npz or .safetensors; .pth). "
+                    "Default: random init (DomainBed uses ImageNet weights)")
+flags.DEFINE_integer("workers", D("workers"),
+                     "image datasets: input-pipeline worker processes (0 = none)")
 flags.DEFINE_bool("overwrite", False,
                   "when --output_dir holds another job's results, done marker or checkpoint, "
                   "move them aside into <output_dir>/replaced-<time>/ and start afresh "
@@ -62,51 +70,24 @@ flags.DEFINE_bool("overwrite", False,
 flags.DEFINE_enum("progress", "auto", list(MODES),
                   "progress line on stderr (step, loss, examples or images per second, ETA "
                   "after compilation): auto = only on a terminal")
-flags.DEFINE_enum("augment", "device", ["device", "host"], "image datasets: augment on the "
-                  "device (JAX, default) or on the host (the PIL reference)")
-flags.DEFINE_bool("decoded_cache", True, "image datasets: decode PACS/VLCS/OfficeHome/"
-                  "TerraIncognita once into <data_dir>/hjax_decoded (memory-mapped)")
+flags.DEFINE_enum("augment", D("augment"), list(config.AUGMENT_ON),
+                  "image datasets: augment on the device (JAX, default) or on the host (the "
+                  "PIL reference)")
+flags.DEFINE_bool("decoded_cache", D("decoded_cache"), "image datasets: decode PACS/VLCS/"
+                  "OfficeHome/TerraIncognita once into <data_dir>/hjax_decoded (memory-mapped)")
 flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vmap_trials: "
                     "train those jobs as one vmapped program (other flags are ignored)")
 
-
-def _checkpoint_freq(f) -> int:
-    if f.checkpoint_freq is not None:
-        return f.checkpoint_freq
-    from hjax.data.images import IMAGE_DATASETS
-    info = IMAGE_DATASETS.get(f.dataset)
-    return info.checkpoint_freq if info is not None else 100
+# The flags that are job settings (config.from_settings reads them); the others say how to run.
+SETTINGS = ("dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed", "steps",
+            "checkpoint_freq", "output_dir", "batch_size", "lr", "hparams", "holdout_fraction",
+            "width_multiplier", "fake_data", "stop_after_step", "data_dir", "arch",
+            "image_size", "dtype", "pretrained", "workers", "overwrite", "progress", "augment",
+            "decoded_cache")
 
 
 def config_from_flags(f):
-    from hjax.protocols.domainbed.run import RunConfig
-    try:
-        test_envs = tuple(int(e) for e in f.test_envs)
-    except ValueError:
-        raise UsageError(f"--test_envs={','.join(f.test_envs)} must be integers") from None
-    overrides = {}
-    if f.hparams:
-        try:
-            overrides = json.loads(f.hparams)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--hparams is not valid JSON ({e.msg})") from None
-        if not isinstance(overrides, dict):
-            raise UsageError("--hparams must be a JSON object")
-    if f.batch_size is not None:
-        overrides["batch_size"] = f.batch_size
-    if f.lr is not None:
-        overrides["lr"] = f.lr
-    if not f.output_dir:
-        raise UsageError("--output_dir is required")
-    return RunConfig(dataset=f.dataset, algorithm=f.algorithm, test_envs=test_envs,
-                     output_dir=f.output_dir, hparams_seed=f.hparams_seed,
-                     trial_seed=f.trial_seed, steps=f.steps, checkpoint_freq=_checkpoint_freq(f),
-                     hparams_overrides=overrides, holdout_fraction=f.holdout_fraction,
-                     width_multiplier=f.width_multiplier, fake_data=f.fake_data,
-                     stop_after_step=f.stop_after_step, data_dir=f.data_dir, arch=f.arch,
-                     image_size=f.image_size, dtype=f.dtype, pretrained=f.pretrained,
-                     workers=f.workers, overwrite=f.overwrite, progress=f.progress,
-                     augment=f.augment, decoded_cache=f.decoded_cache)
+    return config.from_settings({name: getattr(f, name) for name in SETTINGS})
 
 
 def main(argv=None):
@@ -119,13 +100,15 @@ def main(argv=None):
             print(message, flush=True)
 
         if FLAGS.vmap_jobs:
-            from hjax.protocols.domainbed.vmapped import load_spec_file, run_group
+            from hjax.protocols.domainbed.run import run_group
+            from hjax.protocols.domainbed.vmapped import load_spec_file
             try:
                 configs, batching = load_spec_file(FLAGS.vmap_jobs)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise UsageError(f"--vmap_jobs={FLAGS.vmap_jobs!r} is not a readable job "
                                  f"list ({type(e).__name__}: {e})") from None
-            return run_group(configs, log=log, batching=batching)
+            return run_group(configs, log=log, batching=batching,
+                             progress=progress if progress.enabled else None)
         from hjax.protocols.domainbed.run import run  # heavy imports after flag parsing
         run(config_from_flags(FLAGS), log=log, progress=progress if progress.enabled else None)
     run_main(FLAGS, argv, body,

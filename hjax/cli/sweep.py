@@ -127,7 +127,7 @@ def apply_preset(f) -> None:
 def build_jobs(f):
     from hjax.protocols.domainbed.hparams import ALGORITHMS
     from hjax.protocols.domainbed.jobs import make_jobs
-    from hjax.protocols.domainbed.run import DATASETS
+    from hjax.protocols.domainbed.config import DATASETS
     for d in f.datasets:
         if d not in DATASETS:
             raise UsageError(f"--datasets: {d!r} is not valid; choose from: {', '.join(DATASETS)}")

@@ -108,7 +108,7 @@ def _log_every(rec: dict) -> int:
 
 def _colored_mnist(records: list[dict], data: str) -> list[dict]:
     from hjax.protocols.irm_cmnist import identity as cm_identity
-    from hjax.protocols.irm_cmnist.experiment import HPARAM_FIELDS
+    from hjax.protocols.irm_cmnist.config import HPARAM_FIELDS
     from hjax.protocols.irm_cmnist.train import method_hparams
     out, first = [], None
     for i, rec in enumerate(records):
@@ -150,7 +150,9 @@ def _domainbed(path: str, records: list[dict], data: str):
     import dataclasses
     from hjax.errors import ConfigError
     from hjax.protocols.domainbed import identity as db_identity
-    from hjax.protocols.domainbed.run import RunConfig, job_identity, resolve_hparams
+    from hjax.protocols.domainbed.config import RunConfig, resolve_hparams
+    from hjax.protocols.domainbed.identity import job_identity
+    from hjax.protocols.runs.folder import done_marker
     folder = os.path.dirname(path) or "."
     args = records[0].get("args")
     if not isinstance(args, dict):
@@ -190,7 +192,7 @@ def _domainbed(path: str, records: list[dict], data: str):
             diverged = int(text.split()[-1])
         elif text != "done":
             raise Refused(f"its done marker reads {text[:40]!r}")
-        done = db_identity.done_marker(identity, diverged)
+        done = done_marker(identity, diverged)
         note = " and its done marker"
     return [_with_stamp(r, identity) for r in records], done, note
 

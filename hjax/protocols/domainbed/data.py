@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hjax.data.protocols import Environment
+from hjax.protocols.domainbed.config import HOLDOUT_FRACTION
 
-HOLDOUT_FRACTION = 0.2
 
 
 class Split(NamedTuple):

@@ -15,9 +15,8 @@ augments on the host and the step takes float32 images (:func:`make_host_batch_s
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,14 +26,7 @@ from hjax.protocols.domainbed import algorithms
 from hjax.protocols.domainbed.algorithms import Batch
 from hjax.protocols.domainbed.data import Split, TrainArrays, sample_batches
 from hjax.protocols.domainbed.hparams import seed_hash
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array          # int32: number of updates done
-    params: Any
-    opt_state: Any
-    alg_state: Any
+from hjax.protocols.runs.state import TrainState  # noqa: F401  (re-exported)
 
 
 def base_key(trial_seed: int) -> jax.Array:

@@ -13,19 +13,19 @@ wider one; ``experiments/bench_vmap_trials.py`` measures the speed-up.
 Each job still gets its own directory with exactly the files ``train.py`` writes
 (``results.jsonl``, orbax checkpoint, ``done``) and the same job identity, so a job started in a
 vmapped group can be resumed alone by ``train.py`` and vice versa, and ``collect_results.py``
-cannot tell the difference. Results equal the single-job ones up to float reassociation (the
+cannot tell the difference. The group runs through the same loop as a single job
+(hjax.protocols.domainbed.run.run_group, hjax.protocols.domainbed.loop). Results equal the single-job ones up to float reassociation (the
 batched kernels sum in another order); tests check the tolerance.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import json
+import logging
 import os
-import time
 from collections import defaultdict
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +34,11 @@ import numpy as np
 from hjax.errors import ConfigError
 from hjax.protocols.domainbed import algorithms
 from hjax.protocols.domainbed.algorithms import Batch
+from hjax.protocols.domainbed.config import RunConfig, job_run_config, resolve_hparams
 from hjax.protocols.domainbed.data import TrainArrays
-from hjax.protocols.domainbed.run import (JobData, RunConfig, checkpoint_record, first_non_finite,
-                                initial_state, is_checkpoint_step, load_job_data,
-                                log_penalty_note, make_model,
-                                mark_done, report_divergence, save_checkpoint, start_job)
+from hjax.protocols.domainbed.programs import MemberProgram
 from hjax.protocols.domainbed.trainer import EvalSplit, base_key
+from hjax.protocols.runs.members import stack
 
 _LOG = logging.getLogger("hjax")
 
@@ -75,17 +74,13 @@ def group_by_shape(configs: Sequence[RunConfig], hparams: Sequence[dict],
     return out
 
 
-def _stack(trees):
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
-
-
 def _pad_to(x: jax.Array, n: int, axis: int) -> jax.Array:
     pad = [(0, 0)] * x.ndim
     pad[axis] = (0, n - x.shape[axis])
     return jnp.pad(x, pad)
 
 
-def _stack_train(datas: Sequence[JobData]) -> TrainArrays:
+def _stack_train(datas: Sequence) -> TrainArrays:
     n = max(d.train.images.shape[1] for d in datas)
     return TrainArrays(jnp.stack([_pad_to(d.train.images, n, 1) for d in datas]),
                        jnp.stack([_pad_to(d.train.labels, n, 1) for d in datas]),
@@ -119,7 +114,7 @@ def sample_trial_batches(key: jax.Array, data: TrainArrays, trial_data: jax.Arra
 BATCHINGS = ("auto", "vmap", "unroll")
 
 
-def resolve_batching(batching: str) -> str:
+def resolve_trial_batching(batching: str) -> str:
     """``auto``: ``vmap`` on GPU/TPU, ``unroll`` on CPU.
 
     ``vmap`` puts the trials side by side in every op. On XLA:CPU a convolution whose
@@ -132,7 +127,8 @@ def resolve_batching(batching: str) -> str:
     so it is not offered.)
     """
     if batching not in BATCHINGS:
-        raise ValueError(f"trial batching {batching!r} is not one of {', '.join(BATCHINGS)}")
+        raise ConfigError(f"--trial_batching={batching!r} is not valid; choose one of: "
+                          f"{', '.join(BATCHINGS)}")
     if batching == "auto":
         return "unroll" if jax.default_backend() == "cpu" else "vmap"
     return batching
@@ -140,7 +136,7 @@ def resolve_batching(batching: str) -> str:
 
 def _over_trials(fn, batching: str, shared: tuple[int, ...]):
     """``fn`` mapped over the leading axis of every argument not in ``shared``."""
-    if resolve_batching(batching) == "vmap":
+    if resolve_trial_batching(batching) == "vmap":
         return jax.vmap(fn, in_axes=tuple(None if i in shared else 0 for i in range(
             fn.__code__.co_argcount)))
 
@@ -151,7 +147,7 @@ def _over_trials(fn, batching: str, shared: tuple[int, ...]):
         for t in range(n):
             it = iter(jax.tree_util.tree_map(lambda x, t=t: x[t], per_trial))
             outs.append(fn(*(args[i] if i in shared else next(it) for i in range(len(args)))))
-        return _stack(outs)
+        return stack(outs)
 
     return unrolled
 
@@ -186,10 +182,6 @@ def make_group_evaluator(model, batching: str = "auto"):
     return jax.jit(_over_trials(correct, batching, shared=(1, 2, 3)))
 
 
-def _slice(tree, i: int):
-    return jax.tree_util.tree_map(lambda x: x[i], tree)
-
-
 def _hp_arrays(hps: Sequence[dict], names: Sequence[str]) -> dict:
     out = {}
     for name in names:
@@ -200,56 +192,21 @@ def _hp_arrays(hps: Sequence[dict], names: Sequence[str]) -> dict:
     return out
 
 
-def run_group(configs: Sequence[RunConfig], log: Callable[[str], None] = _LOG.info,
-              batching: str = "auto") -> None:
-    """Trains the given jobs (resuming or skipping each as ``train.py`` would), as one
-    program per set of jobs that share a shape and a resume step."""
-    batching = resolve_batching(batching)
-    images = [c.dataset for c in configs if c.is_image_dataset]
-    if images:
-        raise ConfigError(f"vmapped groups are for the MNIST datasets, not {images[0]!r}: image "
-                          "datasets take their batches from the host input pipeline")
-    todo, hps = [], []
-    for c in configs:
-        hp, finished = start_job(c, log)
-        if finished is None:
-            todo.append(c)
-            hps.append(hp)
-    for members in group_by_shape(todo, hps):
-        _run_shape_group([todo[i] for i in members], [hps[i] for i in members], log,
-                         batching)
-
-
-def _run_shape_group(configs, hps, log, batching) -> None:
-    model = make_model(configs[0])
-    datas = {}
-    for c, hp in zip(configs, hps):     # one data copy per trial seed
-        if c.trial_seed not in datas:
-            datas[c.trial_seed] = load_job_data(c, int(hp["batch_size"]))
-    starts = defaultdict(list)
-    for c, hp in zip(configs, hps):
-        state, records = initial_state(c, hp, model, datas[c.trial_seed], log)
-        log_penalty_note(c, hp, datas[c.trial_seed], log)
-        starts[int(state.step)].append((c, hp, state, records))
-    for jobs in starts.values():        # jobs resumed at different steps cannot share a step
-        _train_group(model, jobs, [datas[c.trial_seed] for c, *_ in jobs], log, batching)
-
-
-def _train_group(model, jobs, datas: Sequence[JobData], log, batching) -> None:
-    configs = [j[0] for j in jobs]
-    hps = [j[1] for j in jobs]
-    records = [j[3] for j in jobs]
-    first = configs[0]
+def group_program(model, members, batching: str):
+    """The :class:`~hjax.protocols.domainbed.programs.MemberProgram` of a group of MNIST jobs
+    of one shape (``members``: hjax.protocols.domainbed.loop.Member, at one step)."""
+    configs = [m.config for m in members]
+    hps = [m.hp for m in members]
+    datas = [m.data for m in members]
     seeds = sorted({c.trial_seed for c in configs})       # one data set per trial seed
     unique = [datas[[c.trial_seed for c in configs].index(s)] for s in seeds]
     trial_data = jnp.asarray([seeds.index(c.trial_seed) for c in configs], jnp.int32)
     static_hp = {k: v for k, v in hps[0].items() if is_static_hparam(k)}
     dynamic = [k for k in hps[0] if not is_static_hparam(k)]
-    states = _stack([j[2] for j in jobs])
     bases = jnp.stack([base_key(c.trial_seed) for c in configs])
     hp_values = _hp_arrays(hps, dynamic)
     train = _stack_train(unique)
-    step_fn = make_group_step(first.algorithm, model, static_hp, batching)
+    step_fn = make_group_step(configs[0].algorithm, model, static_hp, batching)
     correct = make_group_evaluator(model, batching)
     evals, sizes = {}, {}
     for kind in ("in", "out"):
@@ -266,69 +223,29 @@ def _train_group(model, jobs, datas: Sequence[JobData], log, batching) -> None:
             out[key] = total / np.maximum(sizes[key], 1)
         return out
 
-    log(f"vmapped group of {len(jobs)} job(s) ({batching}): {first.dataset} / "
-        f"{first.algorithm} / test envs {list(first.test_envs)}, trial seeds {seeds}")
-    alive = np.ones(len(jobs), bool)
-    windows = [[] for _ in jobs]
-    window_start, window_steps = time.time(), 0
-    for step in range(int(states.step[0]), first.steps):
-        states, logs = step_fn(states, train, trial_data, hp_values, bases)
-        logs = jax.device_get(logs)
-        window_steps += 1
-        for t in np.flatnonzero(alive):
-            row = {k: float(v[t]) for k, v in logs.items()}
-            bad = first_non_finite(row)
-            if bad is not None:     # the other trials go on; this one's results stop here
-                alive[t] = False
-                report_divergence(configs[t], hps[t], step, bad, log)
-            else:
-                windows[t].append(row)
-        if not alive.any():
-            return
-        if is_checkpoint_step(first, step):
-            # Wall time of one step of the whole group (all its trials at once).
-            step_time = (time.time() - window_start) / window_steps
-            accs = accuracies(states.params)
-            for t in np.flatnonzero(alive):
-                records[t].append(checkpoint_record(
-                    configs[t], hps[t], datas[t], step, windows[t], step_time,
-                    lambda kind, i, t=t: float(accs[kind, i][t])))
-                records[t][-1]["vmap_group_size"] = len(jobs)
-                name = os.path.basename(os.path.normpath(configs[t].output_dir))
-                save_checkpoint(configs[t], hps[t], _slice(states, t), records[t],
-                                lambda m, name=name: log(f"[{name}] {m}"))
-                windows[t] = []
-            window_start, window_steps = time.time(), 0
-        if first.stop_after_step is not None and step >= first.stop_after_step:
-            log(f"stopping after step {step} (--stop_after_step)")
-            return
-    for t in np.flatnonzero(alive):
-        mark_done(configs[t], hps[t])
+    return MemberProgram(lambda states: step_fn(states, train, trial_data, hp_values, bases),
+                         accuracies)
 
 
 # ---------------------------------------------------------------------------- sweep side
 
-_EXTRA_CASTS = {"steps": int, "checkpoint_freq": int, "width_multiplier": float}
+# The sweep-job settings a vmapped group can take (others change what the job reads or how).
+VMAPPABLE_SETTINGS = ("steps", "checkpoint_freq", "width_multiplier", "batch_size", "fake_data")
 
 
 def job_config(job, output_dir: str) -> RunConfig:
-    """The ``RunConfig`` that ``train.py`` builds from ``job.flags()``."""
-    extra = dict(job.extra)
-    kwargs = {k: cast(extra.pop(k)) for k, cast in _EXTRA_CASTS.items() if k in extra}
-    overrides = {"batch_size": int(extra.pop("batch_size"))} if "batch_size" in extra else {}
-    kwargs["fake_data"] = str(extra.pop("fake_data", "false")).lower() == "true"
+    """The ``RunConfig`` that ``domainbed_train`` builds from ``job.flags()``; ConfigError
+    for a setting a vmapped group cannot take."""
+    extra = sorted(name for name, _ in job.extra if name not in VMAPPABLE_SETTINGS)
     if extra:
-        raise ValueError(f"job settings {sorted(extra)} cannot be vmapped")
-    return RunConfig(dataset=job.dataset, algorithm=job.algorithm, test_envs=job.test_envs,
-                     output_dir=output_dir, hparams_seed=job.hparams_seed,
-                     trial_seed=job.trial_seed, hparams_overrides=overrides, **kwargs)
+        raise ConfigError(f"job settings {extra} cannot be vmapped")
+    return job_run_config(job, output_dir)
 
 
 def plan_groups(jobs, output_root: str, max_group: int | None = None,
                 batching: str = "auto"):
     """The jobs not done yet, as ``VmapGroup``s of one shape (at most ``max_group`` each)."""
     from hjax.protocols.domainbed import jobs as jobs_lib
-    from hjax.protocols.domainbed.run import resolve_hparams
     todo = [j for j in jobs if jobs_lib.job_state(output_root, j) != "done"]
     configs = [job_config(j, os.path.join(output_root, j.dirname())) for j in todo]
     hps = [resolve_hparams(c) for c in configs]
@@ -343,8 +260,7 @@ def load_spec_file(path: str) -> tuple[list[RunConfig], str]:
     with open(path) as f:
         spec = json.load(f)
     batching = spec.get("batching", "auto")
-    if batching not in BATCHINGS:
-        raise ValueError(f"batching {batching!r} is not one of {', '.join(BATCHINGS)}")
+    resolve_trial_batching(batching)
     overwrite = spec.get("overwrite", False) is True     # sweep.py launch --overwrite
     return [dataclasses.replace(job_config(*job_from_spec(e)), overwrite=overwrite)
             for e in spec["jobs"]], batching

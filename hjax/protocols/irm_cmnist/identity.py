@@ -10,58 +10,36 @@ Not in it, on purpose:
 - ``restarts``: a 5-restart run is extended to 10 by resuming; each record has its index.
 - ``output_dir``, ``save_params``: where results go and whether params are also kept do not
   change a record's numbers (a saved params file is named in its record).
-- ``num_devices`` and the distributed flags: data parallelism computes the same full-batch
-  step (sums become all-reduces), so they change timings, not results; the device count is
+- ``num_devices``, the distributed flags and how restarts are batched: data parallelism and
+  vmapping compute the same steps, so they change timings, not results; the device count is
   in each record's provenance.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import functools
-import json
 import logging
 import os
 
+from hjax.data import mnist_data_identity
 from hjax.io import run_identity
 from hjax.io.results import read_jsonl
+from hjax.protocols.irm_cmnist.config import TEST_DOMAIN, ExperimentConfig
+from hjax.protocols.irm_cmnist.loop import LEGACY_CHECKPOINT, legacy_run_id
+from hjax.protocols.runs import checkpoint as run_checkpoint
+from hjax.protocols.runs import folder as run_folder
 
 _LOG = logging.getLogger("hjax")
 PROTOCOL = "irm_cmnist"
 # Bumped when the protocol's code changes its numbers for the same settings.
 PROTOCOL_VERSION = 1
-# The files a run writes into its output folder (a folder's other files are left alone).
-RUN_FILES = ("results.jsonl", "summary.md", "params_restart*.msgpack", "restart_group.ckpt")
 RESULTS = "results.jsonl"
-CHECKPOINT = "restart_group.ckpt"     # a vmapped group's checkpoint (batched.GroupCheckpoint)
-
-
-def checkpoint_run_id(path: str) -> str | None:
-    """The run_id a group checkpoint was written for, or None when it cannot be read."""
-    import flax.serialization
-    try:
-        with open(path, "rb") as f:
-            meta = json.loads(flax.serialization.msgpack_restore(f.read())["meta"])
-        return meta["fingerprint"]["run_id"]
-    except Exception:  # noqa: BLE001  (any unreadable checkpoint belongs to no known run)
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def _fake_digest() -> str:
-    from hjax.data import fake_mnist
-    from hjax.data.schema import digest
-    return digest(fake_mnist())
+CHECKPOINTS = run_checkpoint.CHECKPOINT_DIR
+# The files a run writes into its output folder (a folder's other files are left alone).
+RUN_FILES = (RESULTS, "summary.md", "params_restart*.msgpack", CHECKPOINTS, LEGACY_CHECKPOINT)
 
 
 def data_identity(fake_data: bool) -> dict:
-    """Which MNIST a run uses: real MNIST is only ever used after its content digest was
-    checked against :data:`hjax.data.schema.MNIST_SHA256`, so that constant names it (and the
-    check happens before loading it); fake MNIST is named by its own digest."""
-    if fake_data:
-        return {"source": "fake", "digest": _fake_digest()}
-    from hjax.data.schema import MNIST_SHA256
-    return {"source": "mnist", "digest": MNIST_SHA256}
+    return mnist_data_identity(fake_data)
 
 
 def default_matmul_precision():
@@ -87,24 +65,27 @@ def make_identity(*, dataset: str, method: str, hparams: dict, seed: int, steps:
     return identity
 
 
-def config_identity(config, hp: dict, split: str | None, test_domain: str) -> dict:
-    """The identity of ``config`` (an ExperimentConfig) with its resolved hparams ``hp``."""
+def config_identity(config: ExperimentConfig, hp: dict) -> dict:
+    """The identity of ``config`` with its resolved hparams ``hp``."""
     return make_identity(
         dataset=config.dataset, method=config.method, hparams=hp, seed=config.seed,
-        steps=config.steps, split=split, test_domain=test_domain,
-        fake_data=bool(config.fake_data), matmul=getattr(config, "matmul", "fp32"),
+        steps=config.steps, split=config.split, test_domain=TEST_DOMAIN,
+        fake_data=bool(config.fake_data), matmul=config.matmul,
         matmul_precision=default_matmul_precision(), log_every=config.log_every,
-        track_alignment_every=getattr(config, "track_alignment_every", 0) or 0,
+        track_alignment_every=config.track_alignment_every or 0,
         inject_nan_at=config.inject_nan_at)
 
 
 def run_files(folder: str) -> list[str]:
     """The names in ``folder`` that a run writes (:data:`RUN_FILES`), sorted."""
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in RUN_FILES))
+    return run_folder.run_files(folder, RUN_FILES)
+
+
+def _checkpoint_run_id(folder: str, names) -> str | None:
+    if CHECKPOINTS in names:
+        meta = run_checkpoint.load_meta(folder)
+        return (meta or {}).get("fingerprint", {}).get("run_id")
+    return legacy_run_id(os.path.join(folder, LEGACY_CHECKPOINT))
 
 
 def resumable_records(folder: str, identity: dict, restarts: int, overwrite: bool = False,
@@ -113,19 +94,22 @@ def resumable_records(folder: str, identity: dict, restarts: int, overwrite: boo
     ``restarts``), or [] for a folder without results.
 
     A folder whose run files belong to another run (another ``run_id``, records without one,
-    an unreadable results.jsonl, or params/summary without results) raises
-    :class:`hjax.io.run_identity.IdentityClash`; with ``overwrite`` those files are moved
-    aside into ``replaced-<time>/`` instead and the run starts afresh. Nothing is deleted.
+    an unreadable results.jsonl, a checkpoint of another run, or params/summary without
+    results) raises :class:`hjax.io.run_identity.IdentityClash`; with ``overwrite`` those
+    files are moved aside into ``replaced-<time>/`` instead and the run starts afresh.
+    Nothing is deleted.
     """
     names = run_files(folder)
     if not names:
         return []
     rid = run_identity.run_id(identity)
-    old_identity, problem = None, None
+    old_identity, problem, other = None, None, False
     records = []
+    checkpoints = [n for n in names if n in (CHECKPOINTS, LEGACY_CHECKPOINT)]
     if RESULTS not in names:
-        if names != [CHECKPOINT]:      # a checkpoint alone: a group killed before its end
-            problem = f"{', '.join(n for n in names if n != CHECKPOINT)} without {RESULTS}"
+        if set(names) - set(checkpoints):   # a checkpoint alone: a group killed before its end
+            problem = (f"{', '.join(n for n in names if n not in checkpoints)} without "
+                       f"{RESULTS}")
     else:
         try:
             records = read_jsonl(os.path.join(folder, RESULTS))
@@ -135,22 +119,18 @@ def resumable_records(folder: str, identity: dict, restarts: int, overwrite: boo
             for i, rec in enumerate(records):
                 if not isinstance(rec, dict) or run_identity.record_run_id(rec) != rid:
                     old_identity = rec.get("identity") if isinstance(rec, dict) else None
-                    problem = "other"
+                    other = True
                     break
                 if rec.get("restart") != i:
                     problem = f"restart {rec.get('restart')!r} as record {i} of {RESULTS}"
                     break
-    if (problem is None and CHECKPOINT in names
-            and checkpoint_run_id(os.path.join(folder, CHECKPOINT)) != rid):
-        problem = f"a {CHECKPOINT} of another run"
-    if problem is None:
+    if problem is None and not other:
+        for name in checkpoints:
+            if _checkpoint_run_id(folder, [name]) != rid:
+                problem = f"a {name} of another run"
+                break
+    if problem is None and not other:
         return records[:restarts]
-    if not overwrite:
-        if problem == "other":
-            raise run_identity.clash(folder, old_identity, identity)
-        raise run_identity.IdentityClash(
-            f"{folder} holds {problem}; choose another --output_dir, or pass --overwrite to "
-            "move them aside")
-    moved = run_identity.move_aside(folder, names)
-    warn(f"note: --overwrite: moved the earlier {', '.join(names)} of {folder} to {moved}")
+    run_folder.refuse_or_move(folder, names, identity, overwrite, warn,
+                              old_identity=old_identity, problem=problem)
     return []

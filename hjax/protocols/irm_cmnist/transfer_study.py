@@ -26,8 +26,8 @@ from hjax.io import params_io, plotting, record_checks
 from hjax.io.results import read_jsonl, write_atomic, write_jsonl
 from hjax.models import irm_mlp
 from hjax.protocols import sharding
-from hjax.protocols.irm_cmnist import train
-from hjax.protocols.irm_cmnist.experiment import TEST_DOMAIN, data_seed
+from hjax.protocols.irm_cmnist import loop, train
+from hjax.protocols.irm_cmnist.config import TEST_DOMAIN, data_seed
 
 _LOG = logging.getLogger("hjax")
 
@@ -127,10 +127,13 @@ def trained_models(f, mnist, log=_LOG.info, warn=_LOG.warning):
             envs = data.make_environments(f.dataset, seed=seed, mnist=mnist,
                                           **_options(f.dataset, f.label_shift_split))
             final = {}
-            rec = train.run_restart(model, envs, info, method, hp,
-                                    key=jax.random.fold_in(jax.random.key(f.seed), r),
-                                    steps=f.steps, mesh=mesh, log_every=f.steps,
-                                    on_end=lambda p: final.setdefault("params", p))
+            group = loop.prepare_group(mnist, f.dataset, [seed], info, mesh,
+                                       _options(f.dataset, f.label_shift_split).get("split"))
+            [rec] = loop.train_restarts(
+                model, group, info, method, hp,
+                keys=[jax.random.fold_in(jax.random.key(f.seed), r)], steps=f.steps,
+                mesh=mesh, log_every=f.steps,
+                hooks=loop.Hooks(end=lambda i, p: final.setdefault("params", p)))
             if rec["status"] != "ok":
                 warn(f"{method} restart {r} diverged; skipped")
                 continue

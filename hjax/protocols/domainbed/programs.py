@@ -1,0 +1,250 @@
+"""What a DomainBed job trains on and how its members step: the job's data, its model, and
+one :class:`MemberProgram` per group of jobs (a single job is a group of one).
+
+A program steps every member of a group at once, ``step(states) -> (states, logs)`` over a
+leading member axis, and evaluates every split, ``accuracies(params) -> {(kind, env): [T]}``.
+Its batches come from iterators the data layer builds: MNIST arrays live on the device and
+the compiled step samples them; image batches come from the host pipeline
+(hjax.data.images.pipeline), decoded to uint8 and augmented on the device (or, with
+``augment="host"``, by PIL). A group of one runs the single job's program (no member axis
+inside it: :func:`hjax.protocols.runs.members.over_members`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hjax.data.images import (IMAGE_DATASETS, image_data_dir, load_image_dataset,
+                              split_in_out)
+from hjax.models import mnist_cnn_model, resnet_model
+from hjax.protocols.domainbed.config import RunConfig
+from hjax.protocols.domainbed.data import TrainArrays, split_environments, stack_train
+from hjax.protocols.domainbed.hparams import seed_hash
+from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, make_batch_evaluator,
+                                              make_canvas_evaluator,
+                                              make_device_augment_step, make_evaluator,
+                                              make_host_batch_step, make_train_step,
+                                              to_eval_split)
+from hjax.protocols.runs.members import member, over_members
+
+_LOG = logging.getLogger("hjax")
+
+
+class JobData(NamedTuple):
+    """What one MNIST job trains and evaluates on, on the device."""
+    num_envs: int
+    train_idx: list[int]
+    train: TrainArrays
+    eval_ins: list[EvalSplit]
+    eval_outs: list[EvalSplit]
+    steps_per_epoch: float
+
+
+class ImageJobData(NamedTuple):
+    """What one image-dataset job trains and evaluates on: file lists, decoded by the input
+    pipeline (hjax.data.images.pipeline) as the job runs."""
+    num_envs: int
+    train_idx: list[int]
+    train_domains: list[tuple[np.ndarray, np.ndarray]]     # in splits of the training envs
+    eval_ins: list[tuple[np.ndarray, np.ndarray]]          # (paths, labels) of every env
+    eval_outs: list[tuple[np.ndarray, np.ndarray]]
+    steps_per_epoch: float
+    example_images: np.ndarray                             # [2, S, S, 3] zeros, for init
+    dataset: object = None                                 # the ImageDataset scanned
+    data_dir: object = None                                # where it was found
+
+
+def load_image_job_data(config: RunConfig, batch_size: int,
+                        log: Callable[[str], None] = _LOG.warning) -> ImageJobData:
+    # Missing domain folders are an error; a total other than the published one is only
+    # reported, so that subsets and generated trees (tests, smoke runs) still train.
+    dataset = load_image_dataset(config.dataset, config.data_dir, check_counts=False)
+    expected = IMAGE_DATASETS[config.dataset].expected_totals
+    if len(dataset) not in expected:
+        log(f"note: {config.dataset}: {len(dataset):,} images found "
+            f"({', '.join(f'{d.name} {len(d.labels):,}' for d in dataset.domains)}), not the "
+            f"published {' or '.join(f'{n:,}' for n in expected)}: results are not comparable "
+            "with published numbers")
+    ins, outs = [], []
+    for i, (paths, labels) in enumerate(dataset.environments()):
+        # The MNIST path's rule: a permutation seeded by (trial_seed, env index).
+        in_idx, out_idx = split_in_out(len(labels), config.holdout_fraction,
+                                       (config.trial_seed, i))
+        ins.append((paths[in_idx], labels[in_idx]))
+        outs.append((paths[out_idx], labels[out_idx]))
+    train_idx = [i for i in range(len(ins)) if i not in config.test_envs]
+    size = config.image_size
+    return ImageJobData(len(ins), train_idx, [ins[i] for i in train_idx], ins, outs,
+                        min(len(ins[i][1]) for i in train_idx) / batch_size,
+                        np.zeros((2, size, size, 3), np.float32), dataset,
+                        image_data_dir(config.data_dir))
+
+
+def load_job_data(config: RunConfig, batch_size: int,
+                  log: Callable[[str], None] = _LOG.warning):
+    """:class:`JobData` of an MNIST job, :class:`ImageJobData` of an image job."""
+    if config.is_image_dataset:
+        return load_image_job_data(config, batch_size, log)
+    from hjax.data import fake_mnist, make_environments
+    # Data are drawn from the trial seed: every algorithm and hparam draw of a trial sees the
+    # same environments and the same in/out splits.
+    envs = make_environments(config.dataset, config.trial_seed,
+                             mnist=fake_mnist() if config.fake_data else None)
+    ins, outs = split_environments(envs, config.trial_seed, config.holdout_fraction)
+    train_idx = [i for i in range(len(envs)) if i not in config.test_envs]
+    train = stack_train([ins[i] for i in train_idx])
+    chunk = min(config.eval_chunk, max(len(s.labels) for s in ins + outs))
+    return JobData(len(envs), train_idx, train, [to_eval_split(s, chunk) for s in ins],
+                   [to_eval_split(s, chunk) for s in outs],
+                   min(len(ins[i].labels) for i in train_idx) / batch_size)
+
+
+def example_images(data) -> np.ndarray:
+    """Two images of the job's input shape, for model init."""
+    if isinstance(data, ImageJobData):
+        return data.example_images
+    return data.train.images[0, :2]
+
+
+def make_model(config: RunConfig, hp: dict | None = None, log=_LOG.info):
+    from hjax.data import dataset_info
+    num_classes = dataset_info(config.dataset).num_classes
+    if not config.is_image_dataset:
+        return mnist_cnn_model(num_classes, config.width_multiplier)
+    dropout = float((hp or {}).get("resnet_dropout", 0.0))
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    if config.pretrained:
+        from hjax.models import torchvision_weights
+        path = config.pretrained
+        resolve = getattr(torchvision_weights, "resolve_pretrained", None)
+        if resolve is not None:
+            path = resolve(config.pretrained, config.arch, config.data_dir, log)
+        return torchvision_weights.pretrained_resnet_model(path, config.arch, num_classes,
+                                                           dropout=dropout, dtype=dtype)
+    return resnet_model(config.arch, num_classes, dropout=dropout, dtype=dtype)
+
+
+class MemberProgram:
+    """The compiled pieces of a group of jobs: ``step(states) -> (states, logs)`` (logs of
+    shape [T]), ``accuracies(params) -> {(kind, env): np.ndarray [T]}``, ``place(states)``
+    (onto the devices the batches are sharded over) and ``close()`` (stops input workers)."""
+
+    def __init__(self, step, accuracies, place=lambda states: states, close=lambda: None):
+        self.step, self.accuracies, self.place, self.close = step, accuracies, place, close
+
+
+def _single(fn, shared: tuple[int, ...], argcount: int):
+    """``fn`` of one job's state over a member axis of size 1 (no batching in the program)."""
+    return over_members(fn, 1, tuple(None if i in shared else 0 for i in range(argcount)))
+
+
+def _single_accuracies(evaluate, num_envs: int):
+    """``accuracies`` of a group of one from ``evaluate(params, kind, env) -> float``."""
+    def accuracies(params) -> dict:
+        one = member(params, 0)
+        return {(kind, i): np.asarray([evaluate(one, kind, i)])
+                for i in range(num_envs) for kind in ("in", "out")}
+    return accuracies
+
+
+def array_program(config: RunConfig, hp: dict, model, data: JobData) -> MemberProgram:
+    """One MNIST job: its data on the device, sampled in the step."""
+    step_fn = make_train_step(config.algorithm, model, hp, base_key(config.trial_seed))
+    step = jax.jit(_single(step_fn, (1,), 2))
+    evaluate_split = make_evaluator(model)
+    splits = {"in": data.eval_ins, "out": data.eval_outs}
+    return MemberProgram(
+        lambda states: step(states, data.train),
+        _single_accuracies(lambda params, kind, i: evaluate_split(params, splits[kind][i]),
+                           data.num_envs))
+
+
+def image_program(config: RunConfig, hp: dict, model, data: ImageJobData,
+                  start: int) -> MemberProgram:
+    """One image job: batches from the host pipeline, deterministic per step, augmented on
+    the device (or, ``augment="host"``, by PIL)."""
+    if config.augment == "host":
+        return _host_augment_program(config, hp, model, data, start)
+    from hjax.data.images import decoded_cache, pipeline, prefetch
+    from hjax.data.images.decode import canvas_size
+    batch_size = int(hp["batch_size"])
+    canvas = canvas_size(config.image_size)
+    seed = seed_hash("domainbed-images", config.trial_seed)
+    cache = (decoded_cache.open_or_build(data.dataset, data.data_dir, canvas, config.workers)
+             if config.decoded_cache and data.dataset is not None else None)
+    if cache is not None:       # the decoded cache: no decoding left, gathers in-process
+        train = pipeline.cached_sources(cache, data.dataset, data.train_domains)
+        splits = {k: pipeline.cached_sources(cache, data.dataset, v)
+                  for k, v in (("in", data.eval_ins), ("out", data.eval_outs))}
+        eval_workers = 0
+    else:
+        train = [paths for paths, _ in data.train_domains]
+        splits = {k: [paths for paths, _ in v] for k, v in (("in", data.eval_ins),
+                                                             ("out", data.eval_outs))}
+        eval_workers = config.workers
+    labels = {"in": [y for _, y in data.eval_ins], "out": [y for _, y in data.eval_outs]}
+    sharding = prefetch.batch_sharding(batch_size)
+    batches = prefetch.prefetch_to_device(pipeline.train_canvases(
+        [(images, y) for images, (_, y) in zip(train, data.train_domains)], batch_size,
+        canvas, seed=seed, start_step=start, workers=config.workers), sharding=sharding)
+    step_fn = make_device_augment_step(config.algorithm, model, hp, base_key(config.trial_seed),
+                                       seed, config.image_size)
+    step = jax.jit(_single(step_fn, (1, 2, 3), 4))
+    evaluate_batches = make_canvas_evaluator(model, config.image_size)
+    eval_batch = _eval_batch(config, data)
+    eval_sharding = prefetch.batch_sharding(eval_batch, axis=0)
+
+    def evaluate(params, kind, i):
+        with prefetch.prefetch_to_device(pipeline.eval_canvases(
+                splits[kind][i], labels[kind][i], canvas, eval_batch, workers=eval_workers),
+                sharding=eval_sharding) as eval_iter:
+            return evaluate_batches(params, eval_iter)
+
+    return MemberProgram(lambda states: step(states, *next(batches)),
+                         _single_accuracies(evaluate, data.num_envs),
+                         lambda states: prefetch.replicated(states, sharding), batches.close)
+
+
+def _eval_batch(config: RunConfig, data: ImageJobData) -> int:
+    # One evaluation batch size for every split (one compiled program), no larger than the
+    # largest split needs.
+    largest = max(len(labels) for _, labels in data.eval_ins + data.eval_outs)
+    return min(config.eval_chunk, 128, -(-largest // 8) * 8)
+
+
+def _host_augment_program(config: RunConfig, hp: dict, model, data: ImageJobData,
+                          start: int) -> MemberProgram:
+    """The PIL reference path: decode and augment on the host, float32 batches."""
+    from hjax.data.images import pipeline as image_pipeline
+    batch_size = int(hp["batch_size"])
+    batches = image_pipeline.train_batches(
+        data.train_domains, batch_size, config.image_size,
+        seed=seed_hash("domainbed-images", config.trial_seed), start_step=start,
+        augment=True, workers=config.workers)
+    step_fn = make_host_batch_step(config.algorithm, model, hp, base_key(config.trial_seed))
+    step = jax.jit(_single(step_fn, (1, 2), 3))
+    evaluate_batches = make_batch_evaluator(model)
+    splits = {"in": data.eval_ins, "out": data.eval_outs}
+    eval_batch = _eval_batch(config, data)
+
+    def evaluate(params, kind, i):
+        paths, labels = splits[kind][i]
+        with image_pipeline.eval_batches(paths, labels, config.image_size,
+                                         eval_batch) as eval_iter:
+            return evaluate_batches(params, eval_iter)
+
+    return MemberProgram(lambda states: step(states, *next(batches)),
+                         _single_accuracies(evaluate, data.num_envs), close=batches.close)
+
+
+def job_program(config: RunConfig, hp: dict, model, data, start: int) -> MemberProgram:
+    """The program of a single job (a group of one)."""
+    if config.is_image_dataset:
+        return image_program(config, hp, model, data, start)
+    return array_program(config, hp, model, data)
+
