@@ -37,7 +37,7 @@ def test_registry_has_every_method():
     assert set(train.METHODS) <= set(OBJECTIVES)
     with pytest.raises(ValueError, match="unknown objective 'foo'"):
         get_objective("foo")
-    with pytest.raises(ValueError, match="unknown method 'foo'"):
+    with pytest.raises(ValueError, match="--method='foo' is not valid"):
         train.method_hparams("foo")
 
 
