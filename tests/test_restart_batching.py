@@ -8,6 +8,7 @@ both sides of every comparison compiled in it.
 
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,3 +213,52 @@ def test_benchmarks_time_restarts_batched_on_fake_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "t.md").read_text()
     assert "a step: 2 restarts as one vmapped program" in table and "| hgp |" in table
+
+
+def _legacy_checkpoint(path, state, fingerprint, progress):
+    """A group checkpoint as hjax wrote it before one run machinery (msgpack, the state
+    without alg_state), made by hand: that writer is gone, its reader stays."""
+    import json as json_lib
+
+    import flax.serialization
+    saved = flax.serialization.to_state_dict(jax.device_get(state))
+    saved.pop("alg_state", None)
+    payload = {"meta": json_lib.dumps({"fingerprint": fingerprint, **progress}),
+               "state": saved}
+    path.write_bytes(flax.serialization.msgpack_serialize(payload))
+
+
+def test_a_group_checkpoint_of_the_earlier_format_is_read_or_refused_never_ignored(tmp_path):
+    from hjax.io import run_identity
+    from hjax.io.run_identity import IdentityClash
+    from hjax.protocols.irm_cmnist import identity
+    settings = dict(method="erm", restarts=2, steps=8, log_every=4, checkpoint_every=0)
+    cfg = config(tmp_path, "vmap", **settings)
+    run = identity.config_identity(cfg, cfg.hparams())
+    rid = run_identity.run_id(run)
+    fingerprint = {"run_id": rid, "restarts": [0, 1], "num_devices": 1}
+    state = train.make_init_and_step(irm_mlp(8), "erm", cfg.hparams())[0](
+        irm_mlp(8).init(jax.random.key(0), jnp.zeros((1, 2 * 14 * 14))))
+    state = jax.tree_util.tree_map(lambda x: jnp.stack([x, x + 1]), state)
+    progress = {"step": 4, "history": [[], []], "status": ["ok", "ok"],
+                "diverged_step": [None, None], "step_times": [], "track_times": []}
+    os.makedirs(cfg.output_dir)
+    legacy = tmp_path / "vmap" / loop.LEGACY_CHECKPOINT
+    _legacy_checkpoint(legacy, state, fingerprint, progress)
+    got_state, got_progress, where = loop.GroupCheckpoint(
+        cfg.output_dir, 5, fingerprint).load(state)
+    assert where == str(legacy) and got_progress == progress
+    chex.assert_trees_all_equal(got_state, jax.device_get(state))
+    # A run resumes from it, says so, and removes it when the group's records are written.
+    lines = []
+    run_experiment(cfg, Callbacks(log=lines.append, warn=lines.append))
+    assert any("from its checkpoint at step 4" in line and loop.LEGACY_CHECKPOINT in line
+               for line in lines)
+    assert not legacy.exists()
+    # One of another run is refused in one line naming it, and --overwrite moves it aside.
+    other = config(tmp_path / "other", "vmap", **settings)
+    os.makedirs(other.output_dir)
+    _legacy_checkpoint(tmp_path / "other" / "vmap" / loop.LEGACY_CHECKPOINT, state,
+                       dict(fingerprint, run_id="0" * 16), progress)
+    with pytest.raises(IdentityClash, match="restart_group.ckpt of another run.*--overwrite"):
+        run_experiment(other, Callbacks(**QUIET))

@@ -162,8 +162,14 @@ def test_progress_eta_leaves_out_the_compile_step():
         clock.now += 2.0             # 2 s a step afterwards
         p.step(t, loss=0.5)
         if t == 4:
-            # At step 4 (5 done): 5 steps left at 2 s: 10 s; 50 examples/s.
-            assert p._line(4, 0.5).endswith("50 examples/s  ETA 0m10s")
+            # At step 4 (5 done): 5 steps left at 2 s: 10 s; 50 examples/s, measured over
+            # 4 steps: provisional.
+            assert p._line(4, 0.5).endswith("50 examples/s  ETA 0m10s (provisional)")
+        if t == 5:
+            assert p._line(5, 0.5).endswith("50 examples/s  ETA 0m08s")
+            p.other_work(30.0)       # e.g. evaluations still due
+            assert p._line(5, 0.5).endswith("ETA 0m38s")
+            p.other_work(0.0)
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("step 1/10") and "compiling" in lines[0]
     assert lines[-1] == "step 10/10  loss 0.5  50 examples/s  ETA 0m00s"
@@ -173,6 +179,12 @@ def test_progress_eta_leaves_out_the_compile_step():
     clock.now += 100.0
     p.step(0)
     assert p._line(0, None).endswith("ETA 0m38s")       # 19 steps at 2 s
+    # Time spent on other work between steps (an evaluation) is not a step's.
+    clock.now += 60.0
+    p.rebase()
+    clock.now += 2.0
+    p.step(1)
+    assert p._line(1, None).endswith("ETA 0m36s")
 
 
 def test_progress_modes():
@@ -195,3 +207,15 @@ def test_colored_mnist_progress_on_and_off(tmp_path, cli):
     assert proc.returncode == 0 and "ETA" not in proc.stderr
     proc = cli("colored_mnist", *common, f"--output_dir={tmp_path / 'x'}", "--progress=sometimes")
     assert proc.returncode == 2 and "progress" in proc.stderr
+
+
+def test_a_folder_of_the_other_protocol_is_named_as_such(tmp_path, cli):
+    job = {"protocol": "domainbed", "protocol_version": 1, "algorithm": "hgp"}
+    record = {"step": 0, **run_identity.stamp(job)}
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    before = files(tmp_path)
+    proc = cli("colored_mnist", "--method=hgp", "--fake_data", *TINY, f"--output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert ("holds a DomainBed job's results, not an IRM-protocol ColoredMNIST run's"
+            in proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1 and files(tmp_path) == before

@@ -7,7 +7,10 @@ seconds, and at the end of each phase); ``off`` never shows it.
 
 Timing: each phase (a ColoredMNIST restart, a DomainBed job) starts with a compile, so the
 interval up to the phase's first step is left out of the rate, and the ETA is the remaining
-steps at the rate of the steps after it.
+steps at the rate of the steps after it, plus the time the caller says is still due for
+other work (a DomainBed job's evaluations, :meth:`Progress.other_work`); time between steps
+spent on that work is left out of the rate (:meth:`Progress.rebase`). The ETA says
+"(provisional)" while it rests on fewer than :data:`PROVISIONAL_STEPS` steps.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import time
 
 MODES = ("auto", "on", "off")
+PROVISIONAL_STEPS = 5
 
 
 def format_duration(seconds: float) -> str:
@@ -44,6 +48,7 @@ class Progress:
         self.shown = False
         self.total = self.per_step = 0
         self.unit, self.label, self.remaining_after = "examples", "", 0
+        self.other_seconds = 0.0    # seconds of other work still due (evaluations)
 
     def header(self, text: str) -> None:
         if self.enabled:
@@ -59,6 +64,14 @@ class Progress:
         self.label, self.remaining_after = label, remaining_after
         self.last = self.clock()
         self.fresh = True           # the first step's interval holds the compile: not counted
+
+    def rebase(self) -> None:
+        """The time since the last step was not a step's (e.g. an evaluation)."""
+        self.last = self.clock()
+
+    def other_work(self, seconds_left: float) -> None:
+        """Seconds of work other than steps still due in this phase, added to the ETA."""
+        self.other_seconds = max(0.0, seconds_left)
 
     def step(self, step: int, loss: float | None = None) -> None:
         """After step ``step`` (0-based within the phase's ``total``)."""
@@ -85,7 +98,9 @@ class Progress:
             if self.per_step:
                 parts.append(f"{rate * self.per_step:,.0f} {self.unit}/s")
             left = self.total - step - 1 + self.remaining_after
-            parts.append(f"ETA {format_duration(left / rate)}")
+            provisional = self.steady_steps < PROVISIONAL_STEPS and left > 0
+            parts.append(f"ETA {format_duration(left / rate + self.other_seconds)}"
+                         + (" (provisional)" if provisional else ""))
         else:
             parts.append("ETA after the first step (compiling)")
         return "  ".join(parts)

@@ -132,8 +132,10 @@ def train_members(members: list[Member], program, states, reporter: Reporter) ->
     first = members[0].config
     size = len(members)
     tag = (lambda m: "") if size == 1 else (lambda m: f"[{job_name(m.config)}] ")
+    progress = reporter.progress
     alive = np.ones(size, bool)
     windows = [[] for _ in members]
+    eval_times = []
     window_start, window_steps = time.time(), 0
     start = int(np.asarray(jax.device_get(states.step)).reshape(-1)[0])
     _start_progress(members, start, reporter.progress)
@@ -154,11 +156,12 @@ def train_members(members: list[Member], program, states, reporter: Reporter) ->
                 windows[t].append(row)
         if not alive.any():
             return
-        if reporter.progress is not None:
-            reporter.progress.step(step, float(np.mean(logs["loss"][alive])))
+        if progress is not None:
+            progress.step(step, float(np.mean(logs["loss"][alive])))
         if is_checkpoint_step(first, step):
             # Wall time of one step of the whole group (all its members at once).
             step_time = (time.time() - window_start) / window_steps
+            t_eval = time.perf_counter()
             accs = program.accuracies(states.params)
             for t in np.flatnonzero(alive):
                 m = members[t]
@@ -170,6 +173,13 @@ def train_members(members: list[Member], program, states, reporter: Reporter) ->
                 save_checkpoint(m, member(states, t), lambda msg, m=m: log(f"{tag(m)}{msg}"))
                 windows[t] = []
             window_start, window_steps = time.time(), 0
+            eval_times.append(time.perf_counter() - t_eval)
+            if progress is not None:
+                # Evaluations are not steps: left out of the step rate, and the ones still
+                # due (at the fastest one's time: the first one compiles) added to the ETA.
+                progress.rebase()
+                left = sum(is_checkpoint_step(first, s) for s in range(step + 1, first.steps))
+                progress.other_work(left * min(eval_times))
         if first.stop_after_step is not None and step >= first.stop_after_step:
             log(f"stopping after step {step} (--stop_after_step)")
             return

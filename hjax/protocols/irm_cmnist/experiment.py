@@ -156,7 +156,7 @@ def _train_groups(config, cb, model, mnist, info, hp, run, run_id, mesh, out_dir
     images_u8 = irm_draws.device_images(mnist.train_images)
     # Only a single process checkpoints (a multi-host run's other processes would not see
     # process 0's files); there, a killed run resumes from its finished restarts only.
-    every = config.checkpoint_every if jax.process_count() == 1 else 0
+    every = config.checkpoint_every
 
     def save_params(r, params):
         if writer:        # written before the record that names it
@@ -169,11 +169,12 @@ def _train_groups(config, cb, model, mnist, info, hp, run, run_id, mesh, out_dir
             mnist, config.dataset, [data_seed(config.seed, r) for r in group], info, mesh,
             config.split, images_u8)
         checkpoint = None
-        if every:
-            # Resumed only by the same run (identity), the same restarts and device count.
+        if jax.process_count() == 1:
+            # Resumed only by the same run (identity), the same restarts and device count;
+            # one left by an earlier run is resumed even when this one saves none (every 0).
             checkpoint = loop.GroupCheckpoint(out_dir, every, {
                 "run_id": run_id, "restarts": group, "num_devices": mesh.devices.size})
-            if every < config.steps:
+            if 0 < every < config.steps:
                 cb.log(f"{label}checkpointed every {every} steps to {checkpoint.path}: a "
                        "killed run loses at most the steps since the last one")
         if len(group) == 1:
