@@ -13,7 +13,7 @@ data and model (:func:`plain_erm_step`), so that every run prints "hjax erm / pl
 the overhead of hjax's protocol step over plain JAX on the same machine in the same run.
 
 ``--restarts=R`` times the step as ``make reproduce`` runs it: R restarts (R data draws, R
-initializations) as one ``vmap``ped program (hjax.protocols.irm_cmnist.batched); a timed
+initializations) as one ``vmap``ped program (hjax.protocols.irm_cmnist.loop); a timed
 step is then one step of all R restarts, for every method and for ``plain_erm`` alike.
 """
 

@@ -30,15 +30,17 @@ from hjax.protocols.irm_cmnist.config import (TEST_DOMAIN, ExperimentConfig, dat
                                               resolve_restart_batching, validate)
 from hjax.protocols.runs.claim import FolderClaim
 from hjax.protocols.runs.records import stamped
+from hjax.protocols.runs.reporting import Reporter
 
 _LOG = logging.getLogger("hjax")
 
 
-class Callbacks:
-    """Where a run reports: ``log`` (tables and notes), ``warn`` (warnings), ``row`` (a
-    logged history row, as it is logged), ``step(restart, step)``, ``restart_done()`` and
-    ``progress`` (one-line progress: resume notes, compile time and ETA; default ``log``).
-    By default log and warn go to the ``hjax`` logger and rows to ``log``."""
+class Callbacks(Reporter):
+    """Where a run reports (hjax.protocols.runs.reporting.Reporter): ``log`` (tables and
+    notes), ``warn`` (warnings), ``progress`` (one-line progress: resume notes, compile time
+    and ETA; default ``log``); and what this protocol adds: ``row`` (a logged history row, as
+    it is logged), ``step(restart, step)`` and ``restart_done()``. By default log and warn go
+    to the ``hjax`` logger and rows to ``log``."""
 
     def __init__(self, log: Callable[[str], None] = _LOG.info,
                  warn: Callable[[str], None] = _LOG.warning,
@@ -46,11 +48,10 @@ class Callbacks:
                  step: Callable[[int, int], None] | None = None,
                  restart_done: Callable[[], None] | None = None,
                  progress: Callable[[str], None] | None = None):
-        self.log, self.warn = log, warn
+        super().__init__(log, warn, progress or log)
         self.row = row or (lambda row: log(format_row(row)))
         self.step = step or (lambda restart, step: None)
         self.restart_done = restart_done or (lambda: None)
-        self.progress = progress or log
 
 
 TABLE_HEADER = (f"{'step':>6} {'train nll':>10} {'train acc':>10} {'train penalty':>14} "
