@@ -21,9 +21,11 @@ import os
 import sys
 import time
 
+import jax
 from absl import flags
 
 from hjax.cli import run_main
+from hjax.io.results import fmt_pct
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_root", "results", "folder of the runs' output folders")
@@ -73,9 +75,7 @@ def main(argv=None):
     argv = sys.argv if argv is None else argv
 
     def body():
-        import jax
-
-        from hjax.io.results import fmt_pct
+        # flax: loaded when the command runs, not for --help.
         from hjax.protocols.irm_cmnist.experiment import (Callbacks, ExperimentConfig,
                                                           run_experiment, validate)
         configs = [ExperimentConfig(**fields) for fields in runs(FLAGS)]

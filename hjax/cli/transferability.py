@@ -61,6 +61,7 @@ flags.DEFINE_float("height", 4.0, "figure height in inches")
 flags.DEFINE_integer("dpi", 100, "figure dots per inch")
 
 def config_from_flags(f):
+    # transfer_study imports flax and matplotlib: loaded when the command runs, not for --help.
     from hjax.protocols.irm_cmnist.transfer_study import TransferStudyConfig
     names = [field.name for field in dataclasses.fields(TransferStudyConfig)
              if field.name != "methods_given"]
