@@ -47,7 +47,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from hjax.cli import parse_flags
+from hjax.cli import exit_usage, parse_flags
 from hjax.io.provenance import machine_line
 from hjax.io.results import write_atomic
 
@@ -304,19 +304,14 @@ def main(argv=None):
     for name in ("image_size", "batch_size", "batches", "repeats", "domains", "buffer",
                  "decode_images", "steps", "checkpoint_freq", "per_class"):
         if getattr(FLAGS, name) < 1:
-            print(f"error: --{name}={getattr(FLAGS, name)} must be a positive integer",
-                  file=sys.stderr)
-            sys.exit(2)
+            exit_usage(f"--{name}={getattr(FLAGS, name)} must be a positive integer")
     try:
         [int(w) for w in FLAGS.workers + FLAGS.pil_workers]
     except ValueError:
-        print(f"error: --workers={','.join(FLAGS.workers)} must be integers", file=sys.stderr)
-        sys.exit(2)
+        exit_usage(f"--workers={','.join(FLAGS.workers)} must be integers")
     bad = [a for a in FLAGS.augment if a not in ("device", "host")]
     if bad:
-        print(f"error: --augment={','.join(FLAGS.augment)}: each must be device or host",
-              file=sys.stderr)
-        sys.exit(2)
+        exit_usage(f"--augment={','.join(FLAGS.augment)}: each must be device or host")
     with tempfile.TemporaryDirectory(prefix="hjax-bench-pipeline-") as tmp:
         fn = pipeline_mode if FLAGS.mode == "pipeline" else end_to_end_mode
         table = fn(Path(tmp))

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from hjax.cli import parse_flags
+from hjax.cli import exit_usage, parse_flags
 
 from hjax import data
 from hjax.protocols import sharding
@@ -172,9 +172,7 @@ def main(argv=None):
     del argv
     for name in ("steps", "rounds", "restarts"):
         if getattr(FLAGS, name) < 1:
-            print(f"error: --{name}={getattr(FLAGS, name)} must be a positive integer",
-                  file=sys.stderr)
-            sys.exit(2)
+            exit_usage(f"--{name}={getattr(FLAGS, name)} must be a positive integer")
     mnist = data.fake_mnist() if FLAGS.fake_data else data.load_mnist()
     envs = data.make_environments("colored_mnist", seed=0, mnist=mnist)
     mesh = sharding.make_mesh(FLAGS.num_devices)

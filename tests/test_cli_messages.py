@@ -16,7 +16,7 @@ import textwrap
 import pytest
 from absl import flags
 
-from hjax.cli import command_logging, run_main
+from hjax.cli import command_logging, print_warning, run_main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -102,3 +102,13 @@ def test_logger_is_restored_when_the_command_fails(capsys):
     with command_logging():
         assert log.propagate is False and len(log.handlers) == 1
     assert (log.handlers, log.level, log.propagate) == saved
+
+
+def test_library_warnings_passed_to_a_command_get_one_prefix(capsys):
+    print_warning("restart 3 diverged: non-finite loss at step 12; its record says so")
+    print_warning("note: --overwrite: moved the earlier files of R to R/replaced-1")
+    print_warning("warning: R/x.jsonl is unreadable; skipped")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: restart 3 diverged: non-finite loss at step 12; its record says so",
+        "note: --overwrite: moved the earlier files of R to R/replaced-1",
+        "warning: R/x.jsonl is unreadable; skipped"]

@@ -98,16 +98,25 @@ MESSAGE_PREFIXES = {logging.DEBUG: "debug", logging.INFO: "note", logging.WARNIN
                     logging.ERROR: "error", logging.CRITICAL: "error"}
 
 
+def with_prefix(prefix: str, message: str) -> str:
+    """``prefix: message``, unless the message starts with a prefix of its own (a library
+    warning may say ``note: --overwrite: moved ...``)."""
+    if message.startswith(tuple(f"{p}: " for p in MESSAGE_PREFIXES.values())):
+        return message
+    return f"{prefix}: {message}"
+
+
+def print_warning(message: str) -> None:
+    """The ``warn`` callback commands pass to library code: ``warning: <message>`` on stderr."""
+    print(with_prefix("warning", message), file=sys.stderr, flush=True)
+
+
 class MessageFormatter(logging.Formatter):
     """A log record as the command lines print messages: ``warning: <message>``."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)          # the message (and a traceback, if any)
-        # A library callback's message may carry its prefix already ("note: --overwrite: ...").
-        if text.startswith(tuple(f"{p}: " for p in MESSAGE_PREFIXES.values())):
-            return text
-        prefix = MESSAGE_PREFIXES.get(record.levelno, record.levelname.lower())
-        return f"{prefix}: {text}"
+        return with_prefix(MESSAGE_PREFIXES.get(record.levelno, record.levelname.lower()), text)
 
 
 class _StderrHandler(logging.Handler):

@@ -24,7 +24,7 @@ import time
 import jax
 from absl import flags
 
-from hjax.cli import run_main
+from hjax.cli import print_warning, run_main
 from hjax.io.results import fmt_pct
 
 FLAGS = flags.FLAGS
@@ -91,8 +91,7 @@ def main(argv=None):
             name = (f"[{i + 1}/{len(configs)}] {config.dataset}"
                     + (f" ({config.label_shift_split})"
                        if config.dataset != "colored_mnist" else "") + f" / {config.method}")
-            callbacks = Callbacks(log=lambda m: None,
-                                  warn=lambda m: print(m, file=sys.stderr, flush=True))
+            callbacks = Callbacks(log=lambda m: None, warn=print_warning)
             # The run's progress lines (resume notes, compile time and ETA), one line each.
             callbacks.progress = lambda m, name=name: print(f"{name}: {m}", flush=True)
             t0 = time.perf_counter()
