@@ -12,12 +12,8 @@ timed on one chunk of basis vectors and extrapolated (marked ~).
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import sys
-import time
-
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +23,10 @@ from hjax.cli import parse_flags
 
 import hjax
 from hjax.core import linear_head
+from hjax.io.provenance import machine_line
 from hjax.io.results import write_atomic
+
+from _bench import call_seconds, compile_timed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("repeats", 5, "timed runs per entry (median reported)")
@@ -82,15 +81,9 @@ def variant_name(v):
 
 
 def time_compiled(fn, args, repeats):
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = compile_timed(jax.jit(fn), *args)
     jax.block_until_ready(compiled(*args))                 # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
+    times = [call_seconds(compiled, *args)[0] for _ in range(repeats)]
     return statistics.median(times), compile_s, compiled
 
 
@@ -164,9 +157,7 @@ def main(argv=None):
                    for name, r in rows.items())
     comp = "".join(f"| {name} | " + " | ".join(r.get(c, "") for c in cases) + " |\n"
                    for name, r in compile_rows.items())
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-               f"{jax.devices()[0].platform}")
-    table = (f"Median of {FLAGS.repeats} runs on {machine}.\n\n{header}{body}\n"
+    table = (f"Median of {FLAGS.repeats} runs on {machine_line()}.\n\n{header}{body}\n"
              f"Compile time (s):\n\n{header}{comp}\n" + "\n".join(memory_lines) + "\n")
     print("\n" + table)
     if FLAGS.output:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -42,12 +41,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
 from PIL import Image
 
-from hjax.cli import parse_flags
+from hjax.cli import exit_usage, parse_flags
+from hjax.io.provenance import machine_line
 from hjax.io.results import write_atomic
+
+from _bench import call_seconds, compile_timed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "pipeline", ["pipeline", "end_to_end"], "what to time")
@@ -101,24 +105,6 @@ def generate_tree(root: Path, domains, size: int, classes=7, per_class: int = 6)
     return root
 
 
-def machine() -> str:
-    import jax
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    cpu = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip() + ", "
-                break
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    return (f"{cpu}{platform.machine()}, {os.cpu_count()} cores visible, load average "
-            f"{load:.1f} at the end; {jax.device_count()} {dev.platform} device(s) "
-            f"({getattr(dev, 'device_kind', dev.platform)}), jax {jax.__version__}, "
-            f"Python {platform.python_version()}")
-
-
 def host_ms_per_image(paths, canvas: int) -> tuple[float, float]:
     """(ms per image of decode onto the canvas, ms of PIL decode + train augmentation)."""
     from hjax.data.images import pil_transforms as T
@@ -167,23 +153,16 @@ def time_iterator(make, workers: int) -> tuple[list[float], float, int]:
 
 def device_augment_rate(canvas: int) -> tuple[float, float]:
     """(images/s of the jitted training augmentation, compile seconds)."""
-    import jax
-    import jax.numpy as jnp
     from hjax.data.images.device_transforms import augment_batch
     e, b = FLAGS.domains, FLAGS.batch_size
     rng = np.random.default_rng(0)
     canvases = jnp.asarray(rng.integers(0, 256, (e, b, canvas, canvas, 3), np.uint8))
     hw = jnp.full((e, b, 2), min(FLAGS.source_size, canvas), jnp.int32)
     fn = jax.jit(lambda step, c, s: augment_batch(0, step, c, s, FLAGS.image_size))
-    t = time.perf_counter()
-    compiled = fn.lower(0, canvases, hw).compile()
-    compile_s = time.perf_counter() - t
+    compiled, compile_s = compile_timed(fn, 0, canvases, hw)
     jax.block_until_ready(compiled(0, canvases, hw))
-    times = []
-    for step in range(1, 1 + 3 * FLAGS.repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(compiled(step, canvases, hw))
-        times.append(time.perf_counter() - t)
+    times = [call_seconds(compiled, step, canvases, hw)[0]
+             for step in range(1, 1 + 3 * FLAGS.repeats)]
     return e * b / statistics.median(times), compile_s
 
 
@@ -222,7 +201,7 @@ def pipeline_mode(tmp: Path) -> str:
     print(f"device augmentation: {aug_rate:.0f} images/s (compile {aug_compile:.1f} s)",
           flush=True)
     lines = [f"Input pipeline to {FLAGS.image_size} px, {len(envs)} domains x "
-             f"{FLAGS.batch_size} images per batch; {source}; on {machine()}.", "",
+             f"{FLAGS.batch_size} images per batch; {source}; on {machine_line()}.", "",
              "Host work per image, one process (one core), best of "
              f"{FLAGS.repeats} passes over {FLAGS.decode_images} images:", "",
              "| host work | ms per image per core |", "|---|---|",
@@ -239,9 +218,10 @@ def pipeline_mode(tmp: Path) -> str:
         lines.append(f"| {label} | {w}{' (in-process)' if w == 0 else ''} | {med:.0f} "
                      f"[{min(rates):.0f}-{max(rates):.0f}] | "
                      f"{1e3 * len(envs) * FLAGS.batch_size / med:.0f} ms | {n} | {first:.1f} s |")
+    device = jax.devices()[0]
     lines += ["", f"Device augmentation alone (crop + resize + flip + jitter + grayscale + "
-              f"normalise, jitted): {aug_rate:.0f} images/s on the "
-              f"{machine().split('; ')[-1].split(',')[0]}, compile {aug_compile:.1f} s."]
+              f"normalise, jitted): {aug_rate:.0f} images/s on one {device.platform} device "
+              f"({device.device_kind}), compile {aug_compile:.1f} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -305,7 +285,7 @@ def end_to_end_mode(tmp: Path) -> str:
              f"{FLAGS.steps} steps, evaluation of all 8 splits every {FLAGS.checkpoint_freq}"
              f" steps, --workers={FLAGS.job_workers}; beside "
              "`bench_resnet_step.py --algorithms=` (ERM's step on random images already "
-             f"on the device), same run; on {machine()}.", "",
+             f"on the device), same run; on {machine_line()}.", "",
              "| input path | step (mean of the last window) | relative to the host-batch step "
              "| job wall time (compile, evaluation, cache build included) |",
              "|---|---|---|---|",
@@ -324,19 +304,14 @@ def main(argv=None):
     for name in ("image_size", "batch_size", "batches", "repeats", "domains", "buffer",
                  "decode_images", "steps", "checkpoint_freq", "per_class"):
         if getattr(FLAGS, name) < 1:
-            print(f"error: --{name}={getattr(FLAGS, name)} must be a positive integer",
-                  file=sys.stderr)
-            sys.exit(2)
+            exit_usage(f"--{name}={getattr(FLAGS, name)} must be a positive integer")
     try:
         [int(w) for w in FLAGS.workers + FLAGS.pil_workers]
     except ValueError:
-        print(f"error: --workers={','.join(FLAGS.workers)} must be integers", file=sys.stderr)
-        sys.exit(2)
+        exit_usage(f"--workers={','.join(FLAGS.workers)} must be integers")
     bad = [a for a in FLAGS.augment if a not in ("device", "host")]
     if bad:
-        print(f"error: --augment={','.join(FLAGS.augment)}: each must be device or host",
-              file=sys.stderr)
-        sys.exit(2)
+        exit_usage(f"--augment={','.join(FLAGS.augment)}: each must be device or host")
     with tempfile.TemporaryDirectory(prefix="hjax-bench-pipeline-") as tmp:
         fn = pipeline_mode if FLAGS.mode == "pipeline" else end_to_end_mode
         table = fn(Path(tmp))

@@ -19,10 +19,8 @@ ratios at 224 are at most those at reduced resolution.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +28,10 @@ import numpy as np
 from absl import flags
 
 from hjax.cli import parse_flags
+from hjax.io.provenance import machine_line
 from hjax.io.results import write_atomic
+
+from _bench import call_seconds, compile_timed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet50"], "the ResNet")
@@ -62,9 +63,7 @@ def build(algorithm, num_classes):
     labels = jnp.asarray(rng.integers(0, num_classes, size=(e, b)).astype(np.int32))
     state = init_state(algorithm, model, hp, images[0, :2], e, jax.random.key(0))
     step = make_host_batch_step(algorithm, model, hp, base_key(0))
-    t0 = time.perf_counter()
-    compiled = step.lower(state, images, labels).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = compile_timed(step, state, images, labels)
     mem = compiled.memory_analysis()
     return compiled, state, images, labels, compile_s, mem
 
@@ -90,16 +89,13 @@ def penalty_memory(algorithm, num_classes):
                                     DOMAINBED_FORM).penalty
 
     fn = jax.jit(jax.value_and_grad(penalty, argnums=(0, 1)))
-    t0 = time.perf_counter()
-    compiled = fn.lower(head, feats, jax.random.key(0)).compile()
-    return compiled.memory_analysis(), time.perf_counter() - t0
+    compiled, seconds = compile_timed(fn, head, feats, jax.random.key(0))
+    return compiled.memory_analysis(), seconds
 
 
 def timed(compiled, state, images, labels):
-    start = time.perf_counter()
-    state, logs = compiled(state, images, labels)
-    jax.block_until_ready(logs)
-    return time.perf_counter() - start, state
+    seconds, (state, _) = call_seconds(compiled, state, images, labels)
+    return seconds, state
 
 
 def main(argv=None):
@@ -139,8 +135,7 @@ def main(argv=None):
 
     lines = [f"{FLAGS.arch}, {FLAGS.domains} domains x {FLAGS.batch_size} images at "
              f"{FLAGS.image_size} px ({FLAGS.dtype}), {FLAGS.classes} classes; "
-             f"{platform.machine()}, {jax.device_count()} {jax.devices()[0].platform} "
-             f"device(s), jax {jax.__version__}. " + (
+             f"{machine_line()}. " + (
                  f"{FLAGS.rounds} rounds x {FLAGS.steps} steps, each paired with an adjacent "
                  "ERM step; relative = median of the paired ratios [quartiles]." if names[1:]
                  else f"ERM alone: median of {FLAGS.rounds * FLAGS.steps} steps."), "",

@@ -15,7 +15,6 @@ the largest difference of a restart's final test accuracy between the modes.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ def main(argv=None):
     parse_flags(FLAGS, sys.argv if argv is None else argv)
     import jax
 
+    from hjax.io.provenance import machine_line
     from hjax.io.results import write_atomic
     from hjax.protocols.irm_cmnist.experiment import (Callbacks, ExperimentConfig,
                                                       run_experiment)
@@ -84,14 +84,8 @@ def main(argv=None):
             return "-"
         return f"{max(abs(a - b) for a, b in zip(*runs[:2])):.1e}"
 
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-               f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform})")
-    try:
-        load = "{:.2f} / {:.2f} / {:.2f}".format(*os.getloadavg())
-    except OSError:
-        load = "unknown"
     lines = [f"{FLAGS.dataset}, {FLAGS.restarts} restarts x {FLAGS.steps} steps per method "
-             f"on {machine}; load average {load} (1 / 5 / 15 min); tracking every "
+             f"on {machine_line()}; tracking every "
              f"{FLAGS.track_alignment_every or 'never'}.", "",
              "| method | restarts | wall | programs compiled | all compilations (seconds) | "
              "step per restart | "

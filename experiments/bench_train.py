@@ -19,24 +19,23 @@ step is then one step of all R restarts, for every method and for ``plain_erm`` 
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import sys
-import time
-
 
 import jax
 import jax.numpy as jnp
 from absl import flags
 
-from hjax.cli import parse_flags
+from hjax.cli import exit_usage, parse_flags
 
 from hjax import data
 from hjax.protocols import sharding
 from hjax.protocols.irm_cmnist import train
 from hjax.models import irm_mlp
+from hjax.io.provenance import machine_line
 from hjax.io.results import write_atomic
+
+from _bench import call_seconds, compile_timed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["erm", "irm", "vrex", "fishr", "hgp", "hutchinson",
@@ -73,9 +72,8 @@ def compile_method(method, batch, mesh, curvature, restarts=1):
         key = jax.random.split(jax.random.key(1), restarts)
     holder = {"state": sharding.replicate(mesh, state)}
     key = sharding.replicate(mesh, key)
-    t0 = time.perf_counter()
-    compiled = jax.jit(step_fn, donate_argnums=0).lower(holder["state"], batch, key).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = compile_timed(jax.jit(step_fn, donate_argnums=0), holder["state"],
+                                        batch, key)
 
     def one_step():
         holder["state"], m = compiled(holder["state"], batch, key)
@@ -147,9 +145,7 @@ def plain_erm_step(envs, lr, l2_weight, hidden=(390, 390), restarts=None):
     else:
         holder = {"state": (params, jax.vmap(optimizer.init)(params))}
         step = jax.vmap(step)
-    t0 = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=0).lower(holder["state"], x, y).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, compile_s = compile_timed(jax.jit(step, donate_argnums=0), holder["state"], x, y)
 
     def one_step():
         holder["state"], loss = compiled(holder["state"], x, y)
@@ -160,12 +156,7 @@ def plain_erm_step(envs, lr, l2_weight, hidden=(390, 390), restarts=None):
 
 
 def time_steps(one_step, steps):
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - t0)
-    return times
+    return [call_seconds(one_step)[0] for _ in range(steps)]
 
 
 PLAIN = "plain_erm"
@@ -176,21 +167,12 @@ def _stack_host(trees):
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
 
 
-def _load():
-    try:
-        return "{:.2f} / {:.2f} / {:.2f} (1 / 5 / 15 min)".format(*os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def main(argv=None):
     parse_flags(FLAGS, sys.argv if argv is None else argv)
     del argv
     for name in ("steps", "rounds", "restarts"):
         if getattr(FLAGS, name) < 1:
-            print(f"error: --{name}={getattr(FLAGS, name)} must be a positive integer",
-                  file=sys.stderr)
-            sys.exit(2)
+            exit_usage(f"--{name}={getattr(FLAGS, name)} must be a positive integer")
     mnist = data.fake_mnist() if FLAGS.fake_data else data.load_mnist()
     envs = data.make_environments("colored_mnist", seed=0, mnist=mnist)
     mesh = sharding.make_mesh(FLAGS.num_devices)
@@ -236,14 +218,12 @@ def main(argv=None):
         q1, q2, q3 = statistics.quantiles(xs, n=4) if len(xs) > 1 else xs * 3
         return statistics.median(xs), q1, q3
 
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-               f"{mesh.devices.size} {jax.devices()[0].platform} device(s)")
     vs_plain = quartiles([1.0 / x for x in ratios[PLAIN]])
     per = (f"a step: {restarts} restarts as one vmapped program, {restarts} data draws and inits"
            if restarts > 1 else "one restart per program")
     lines = [f"{FLAGS.rounds} rounds x {FLAGS.steps} steps per method ({per}), each step paired with "
              f"an ERM step (alternately just before and just after it); {FLAGS.curvature} "
-             f"head curvature, on {machine}; load average {_load()}. "
+             f"head curvature, on {machine_line(devices_used=mesh.devices.size)}. "
              "Relative: median of the paired ratios (their quartiles in brackets). "
              f"`{PLAIN}` is an independent minimal JAX/optax ERM step on the same data "
              "(experiments/bench_train.py, plain_erm_step).", "",

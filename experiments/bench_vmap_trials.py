@@ -16,16 +16,16 @@ compile times from ``lower().compile()``, reported separately.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import sys
-import time
-
 
 from absl import flags
 
-from hjax.cli import parse_flags
+from hjax.cli import UsageError, exit_usage, parse_flags
+from hjax.io.provenance import machine_line
+from hjax.io.results import write_atomic
+
+from _bench import call_seconds, compile_timed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "domainbed_colored_mnist", "domainbed_colored_mnist or rotated_mnist")
@@ -43,24 +43,17 @@ flags.DEFINE_string("output", None, "also write the Markdown table here")
 
 def _compile(fn, args):
     """(compiled, state, rest, compile seconds) after one warm-up step."""
-    import jax
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    state, logs = compiled(*args)
-    jax.block_until_ready(logs)
+    compiled, compile_s = compile_timed(fn, *args)
+    _, (state, _) = call_seconds(compiled, *args)
     return [compiled, state, args[1:], compile_s]
 
 
 def _run_steps(entry, steps) -> list[float]:
-    import jax
     compiled, state, rest, _ = entry
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
-        state, logs = compiled(state, *rest)
-        jax.block_until_ready(logs)
-        times.append(time.perf_counter() - t0)
+        seconds, (state, _) = call_seconds(compiled, state, *rest)
+        times.append(seconds)
     entry[1] = state
     return times
 
@@ -68,10 +61,8 @@ def _run_steps(entry, steps) -> list[float]:
 def main(argv=None):
     parse_flags(FLAGS, sys.argv if argv is None else argv)
     del argv
-    import jax
     import jax.numpy as jnp
 
-    from hjax.cli import UsageError, exit_usage
     from hjax.protocols.domainbed import vmapped
     from hjax.protocols.domainbed.run import (RunConfig, initial_state, load_job_data, make_model,
                                     resolve_hparams)
@@ -129,11 +120,9 @@ def main(argv=None):
                   f"{1e3 * group_s:.0f} ms per step of all trials ({t * single_s / group_s:.2f}x);"
                   f" compile {t * single_compile:.1f} s vs {group_compile:.1f} s", flush=True)
 
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-               f"{jax.devices()[0].platform}")
     lines = [f"{FLAGS.dataset} / {FLAGS.algorithm}, batch {FLAGS.batch_size} per env, "
              f"width x{FLAGS.width_multiplier:g}, median of {FLAGS.rounds} x {FLAGS.steps} steps "
-             f"(configurations interleaved), on {machine}.",
+             f"(configurations interleaved), on {machine_line()}.",
              "", "| trials T | trial batching | separate programs: time per step of all T "
              "| one program | speed-up | compile: separate (T programs) | compile: one program |",
              "|---|---|---|---|---|---|---|"]
@@ -142,7 +131,6 @@ def main(argv=None):
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     if FLAGS.output:
-        from hjax.io.results import write_atomic
         write_atomic(FLAGS.output, table)
 
 

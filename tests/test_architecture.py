@@ -1,9 +1,10 @@
-"""The layout's rules, checked on the source: imports point down the layers, the core is pure
-JAX, private helpers stay in their package, and only the CLI prints or exits."""
+"""The layout's rules, checked on the source: imports point down the layers, no import circle,
+the core is pure JAX, private helpers stay in their package, and only the CLI prints or exits."""
 
 from __future__ import annotations
 
 import ast
+import collections
 import pathlib
 
 import pytest
@@ -44,6 +45,85 @@ def _layer_of(module: str, names: list[str]) -> list[str]:
 
 
 MODULES = list(_modules())
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = ("hjax",) + path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """hjax module -> the hjax modules it imports. ``from hjax.a import b`` imports the
+    module hjax.a.b where there is one, else hjax.a; ``import hjax.a.b`` imports hjax.a.b."""
+    paths = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    graph = {}
+    for module, path in paths.items():
+        targets = set()
+        for imported, names, _ in _hjax_imports(ast.parse(path.read_text(), str(path))):
+            targets |= {f"{imported}.{n}" if f"{imported}.{n}" in paths else imported
+                        for n in names} or {imported}
+        graph[module] = {t for t in targets if t in paths and t != module}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One shortest circle [a, b, ..., a] through each group of modules that import each
+    other (a strongly connected component of more than one module), in name order; a group
+    with several circles shows the next once the first is broken."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def connect(v):                     # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    circles = []
+    for group in groups:
+        start = min(group)
+        paths, queue = {start: [start]}, collections.deque([start])
+        while queue:                    # breadth first: the first way back is a shortest
+            v = queue.popleft()
+            if start in graph[v]:
+                circles.append(paths[v] + [start])
+                break
+            for w in sorted(graph[v] & group):
+                if w not in paths:
+                    paths[w] = paths[v] + [w]
+                    queue.append(w)
+    return sorted(circles)
+
+
+def test_no_import_circle():
+    """No hjax module imports, directly or through others, a module that imports it back.
+    Module-level and in-function imports both count: an import inside a function hides a
+    circle from the interpreter at start-up, not from a reader following the code."""
+    circles = _circles(_import_graph())
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_circle_finder_names_the_circle_in_import_order():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e2"}, "e2": {"e"}}
+    assert _circles(graph) == [["a", "b", "c", "a"], ["e", "e2", "e"]]
+    assert _circles({"a": {"b"}, "b": set()}) == []
 
 
 def test_every_top_level_package_has_a_layer():

@@ -17,6 +17,7 @@ import sys
 from absl import flags
 
 from hjax.cli import UsageError, run_main
+from hjax.models import torchvision_weights as tw
 from hjax.models.resnet import ARCHS
 
 FLAGS = flags.FlagValues()     # its own: tests call main() in-process
@@ -28,8 +29,6 @@ flags.DEFINE_enum("arch", "resnet50", list(ARCHS), "the architecture the weights
 
 
 def run(flags_) -> str:
-    from hjax.models import torchvision_weights as tw
-
     if not flags_.input or not flags_.output:
         raise UsageError("give --input (a torchvision state_dict file) and --output (an .npz)")
     if not flags_.output.endswith(".npz"):

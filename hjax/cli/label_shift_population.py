@@ -10,6 +10,7 @@ import sys
 
 from absl import flags
 
+from hjax.analysis import label_shift_population as pop
 from hjax.analysis.label_shift_population import SETTINGS
 from hjax.cli import run_main
 from hjax.errors import ConfigError
@@ -22,8 +23,7 @@ def main(argv=None):
     argv = sys.argv if argv is None else argv
 
     def body():
-        from hjax.analysis import label_shift_population as pop
-        from hjax.protocols.irm_cmnist.train import DEFAULT_HPARAMS
+        from hjax.protocols.irm_cmnist.train import DEFAULT_HPARAMS   # flax: not for --help
         bad = [s for s in FLAGS.settings if s not in SETTINGS]
         if bad or not FLAGS.settings:
             raise ConfigError(f"--settings={','.join(FLAGS.settings)!r}: unknown "

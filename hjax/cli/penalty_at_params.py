@@ -16,10 +16,13 @@ import os
 import statistics
 import sys
 
-
+import jax
+import jax.numpy as jnp
 from absl import flags
 
+from hjax import data
 from hjax.cli import UsageError, check_positive, run_main
+from hjax.core.penalty import linear_head_penalty_terms
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input_dir", None, "a run.py --save_params output directory")
@@ -35,21 +38,16 @@ def main(argv=None):
     def body():
         check_positive("num_probes", FLAGS.num_probes)
         check_positive("keys", FLAGS.keys)
+        # These import flax: loaded when the command runs, not for --help.
         from hjax.io import params_io
+        from hjax.models import irm_mlp
+        from hjax.protocols.irm_cmnist.experiment import data_seed
+        from hjax.protocols.irm_cmnist.train import stack_domains
         path = os.path.join(FLAGS.input_dir or "", params_io.params_filename(FLAGS.restart))
         if not FLAGS.input_dir or not os.path.exists(path):
             raise UsageError(f"--input_dir={FLAGS.input_dir!r} --restart={FLAGS.restart}: no "
                              f"{params_io.params_filename(FLAGS.restart)} there (run run.py "
                              "with --save_params)")
-        import jax
-        import jax.numpy as jnp
-
-        from hjax import data
-        from hjax.protocols.irm_cmnist.experiment import data_seed
-        from hjax.models import irm_mlp
-        from hjax.core.penalty import linear_head_penalty_terms
-        from hjax.protocols.irm_cmnist.train import stack_domains
-
         params = jax.tree_util.tree_map(jnp.asarray, params_io.load_params(path))
         kernel = params.get("classifier", {}).get("kernel") \
             if isinstance(params.get("classifier"), dict) else None

@@ -21,9 +21,11 @@ import os
 import sys
 import time
 
+import jax
 from absl import flags
 
-from hjax.cli import run_main
+from hjax.cli import print_warning, run_main
+from hjax.io.results import fmt_pct
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_root", "results", "folder of the runs' output folders")
@@ -73,9 +75,7 @@ def main(argv=None):
     argv = sys.argv if argv is None else argv
 
     def body():
-        import jax
-
-        from hjax.io.results import fmt_pct
+        # flax: loaded when the command runs, not for --help.
         from hjax.protocols.irm_cmnist.experiment import (Callbacks, ExperimentConfig,
                                                           run_experiment, validate)
         configs = [ExperimentConfig(**fields) for fields in runs(FLAGS)]
@@ -91,8 +91,7 @@ def main(argv=None):
             name = (f"[{i + 1}/{len(configs)}] {config.dataset}"
                     + (f" ({config.label_shift_split})"
                        if config.dataset != "colored_mnist" else "") + f" / {config.method}")
-            callbacks = Callbacks(log=lambda m: None,
-                                  warn=lambda m: print(m, file=sys.stderr, flush=True))
+            callbacks = Callbacks(log=lambda m: None, warn=print_warning)
             # The run's progress lines (resume notes, compile time and ETA), one line each.
             callbacks.progress = lambda m, name=name: print(f"{name}: {m}", flush=True)
             t0 = time.perf_counter()

@@ -30,7 +30,7 @@ import sys
 
 from absl import flags
 
-from hjax.cli import run_main
+from hjax.cli import print_warning, run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["erm", "hgp", "hutchinson"], "methods to train and compare")
@@ -61,6 +61,7 @@ flags.DEFINE_float("height", 4.0, "figure height in inches")
 flags.DEFINE_integer("dpi", 100, "figure dots per inch")
 
 def config_from_flags(f):
+    # transfer_study imports flax and matplotlib: loaded when the command runs, not for --help.
     from hjax.protocols.irm_cmnist.transfer_study import TransferStudyConfig
     names = [field.name for field in dataclasses.fields(TransferStudyConfig)
              if field.name != "methods_given"]
@@ -77,7 +78,7 @@ def main(argv=None):
     def body():
         from hjax.protocols.irm_cmnist import transfer_study
         transfer_study.run(config_from_flags(FLAGS), log=lambda m: print(m, flush=True),
-                           warn=lambda m: print(m, file=sys.stderr, flush=True))
+                           warn=print_warning)
     run_main(FLAGS, argv, body, interrupted="finished models are in transferability.jsonl")
 
 

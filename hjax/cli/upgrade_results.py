@@ -18,6 +18,7 @@ import sys
 from absl import flags
 
 from hjax.cli import UsageError, run_main
+from hjax.protocols.upgrade import upgrade
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("data", "mnist", ["mnist", "fake"],
@@ -36,7 +37,6 @@ def main(argv=None):
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             raise UsageError(f"{missing[0]} does not exist")
-        from hjax.protocols.upgrade import upgrade
         outcomes = upgrade(paths, FLAGS.data, FLAGS.dry_run)
         if not outcomes:
             raise UsageError(f"no results.jsonl under {', '.join(paths)}")

@@ -59,8 +59,7 @@ def _flat_transpose_times(z, a):
     k = a.shape[-1]
     blocks = a[:, :, None, :] * jnp.eye(e, dtype=a.dtype)[:, None, :, None]   # [E, n, E, k]
     # (a^T Z)^T, not Z^T a: XLA's CPU matmul is much slower with the long axis contracted
-    # over the rows of its left operand (50,000 x 390 features on 2 cores: 80 vs 10 ms for
-    # one column, 24 vs 15 ms for four).
+    # over the rows of its left operand (docs/benchmarks.md, "Figures behind the code").
     out = jnp.einsum("enm,end->md", blocks.reshape(e, n, e * k), z)          # [E * k, d]
     return jnp.swapaxes(out.reshape(e, k, d), 1, 2)                          # [E, d, k]
 

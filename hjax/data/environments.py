@@ -10,6 +10,8 @@ import types
 from typing import Callable, Mapping, NamedTuple
 
 from hjax.data import protocols
+from hjax.data.images import IMAGE_DATASETS
+from hjax.data.mnist import load_mnist
 from hjax.data.protocols import Environment
 from hjax.data.schema import Mnist
 
@@ -68,7 +70,6 @@ def dataset_info(name: str) -> DatasetInfo:
     ValueError listing the valid names otherwise."""
     if name in DATASET_INFO:
         return DATASET_INFO[name]
-    from hjax.data.images import IMAGE_DATASETS
     if name in IMAGE_DATASETS:
         image = IMAGE_DATASETS[name]
         every = tuple(range(len(image.domains)))
@@ -101,14 +102,11 @@ def make_environments(name: str, seed: int = 0, *, mnist: Mnist | None = None,
     Options: colored_mnist_label_shift takes split="intended" (default) or "reference".
     """
     if name not in DATASET_INFO:
-        from hjax.data.images import IMAGE_DATASETS
         if name in IMAGE_DATASETS:
             raise ValueError(f"{name!r} is an image dataset: it is read from files by "
                              "hjax.data.images.load_image_dataset, not built here")
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     resolved = resolve_options(name, options)
     if mnist is None:
-        from hjax.data.mnist import load_mnist
-
         mnist = load_mnist()
     return _BUILDERS[name](mnist, int(seed), **resolved)

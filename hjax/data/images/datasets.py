@@ -21,8 +21,9 @@ raises one :class:`ImageDatasetError` (a ConfigError: one line from the command 
 naming the expected layout, the domains, the image count expected, what was found, and how
 to get the data.
 
-Corrupt files: every image's header is opened with PIL at scan time (``verify=True``, about
-0.1 ms a file) and files that PIL cannot identify are SKIPPED AND COUNTED, with one warning on
+Corrupt files: every image's header is opened with PIL at scan time (``verify=True``: the
+header only, no pixel decode; its cost per file is in docs/benchmarks.md, "Figures behind the
+code") and files that PIL cannot identify are SKIPPED AND COUNTED, with one warning on
 the "hjax.data" logger naming the first few. Skipping, not stopping, because a scan of a user's
 own folder should not die on one stray file; but a registered dataset then no longer has its
 known image count, so the count check stops with an error that lists the skipped files, and a
