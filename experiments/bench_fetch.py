@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from hjax.data.download import Source, download
+from hjax.data.images import fetch as fetch_mod
 from hjax.data.images import published_counts
-from hjax.data.images.fetch import fetch_dataset
 from hjax.data.images.published_counts import Published
 from hjax.data.images.registry import IMAGE_DATASETS
 
@@ -88,6 +88,11 @@ def _publish(name: str, counts: dict) -> None:
         name != "terra_incognita", "generated")
 
 
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 class _Log(list):
     def __call__(self, msg, *args):
         self.append(msg % args if args else msg)
@@ -104,8 +109,7 @@ def main() -> None:
         served.mkdir()
         pacs, pacs_counts = _pacs(served, args.images, rng)
         terra, terra_counts = _terra(served, args.images, rng)
-        handler = partial(SimpleHTTPRequestHandler, directory=str(served))
-        handler.log_message = lambda *a: None
+        handler = partial(_QuietHandler, directory=str(served))
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -120,10 +124,10 @@ def main() -> None:
             dt = time.perf_counter() - t0
             size = sum(f.stat().st_size for f in files) / 1e6
             log = _Log()
-            import hjax.data.images.fetch as fetch_mod
             fetch_mod.log.info = log
             t1 = time.perf_counter()
-            fetch_dataset(name, tmp / name, from_archive=got if len(files) > 1 else files[0])
+            given = got if len(files) > 1 else files[0]
+            fetch_mod.fetch_dataset(name, tmp / name, from_archive=given)
             total = time.perf_counter() - t1
             rows.append((name, size, dt, total, log))
         httpd.shutdown()

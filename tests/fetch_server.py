@@ -21,7 +21,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
+import pytest
 from PIL import Image
+
+from hjax.data import download
 
 
 class FileServer:
@@ -97,6 +100,16 @@ class FileServer:
             h.close_connection = True
             return
         h.wfile.write(body)
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A FileServer for one test; retries without waiting, no mirror from the environment."""
+    s = FileServer()
+    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
+    monkeypatch.delenv(download.MIRROR_ENV_VAR, raising=False)
+    yield s
+    s.close()
 
 
 # ----------------------------------------------------------------------------- archives

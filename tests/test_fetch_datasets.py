@@ -10,25 +10,15 @@ import os
 import pytest
 
 from hjax.cli import fetch_data
-from hjax.data import download
 from hjax.data.images import IMAGE_DATASETS, ImageDatasetError, load_image_dataset
 from hjax.data.images import published_counts
 from hjax.data.images.published_counts import Published
 from hjax.data.images.verify import MANIFEST_NAME
-from fetch_server import (FileServer, terra_archives, tar_gz_bytes, tree_members, write,
-                          zip_bytes)
+from fetch_server import (server, terra_archives, tar_gz_bytes, tree_members,  # noqa: F401
+                          write, zip_bytes)
 
 PACS = IMAGE_DATASETS["pacs"]
 DUPLICATE = "clipart/animal_migration/clipart_006_000227.jpg"     # on DomainBed's list
-
-
-@pytest.fixture
-def server(monkeypatch):
-    s = FileServer()
-    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
-    monkeypatch.delenv(download.MIRROR_ENV_VAR, raising=False)
-    yield s
-    s.close()
 
 
 def _counts(members: dict[str, bytes], top: str) -> dict[str, dict[str, int]]:
@@ -155,13 +145,19 @@ def test_a_failed_download_is_one_line_and_a_second_run_succeeds(fault, words, t
     assert (tmp_path / "PACS" / MANIFEST_NAME).is_file()
 
 
-def test_zip_slip_member_is_refused(tmp_path, server, monkeypatch, capsys):
+@pytest.mark.parametrize("member,data,words", [
+    ("kfold/photo/dog/../../../../evil.jpg", b"x", ["refusing member", "evil.jpg", "'..'"]),
+    ("kfold/sketch/horse/img_0.jpg", b"not a jpeg", ["1 unreadable image(s)",
+                                                    "sketch/horse/img_0.jpg"])],
+    ids=["zip_slip", "corrupt_image"])
+def test_a_bad_member_refuses_the_archive_in_one_line(member, data, words, tmp_path, server,
+                                                     monkeypatch, capsys):
     _serve(server, monkeypatch, "pacs")
     members = tree_members("kfold/", PACS.domains, PACS.classes)
-    members["kfold/photo/dog/../../../../evil.jpg"] = b"x"
+    members[member] = data
     server.files["PACS.zip"] = zip_bytes(members)
     assert _run(tmp_path, server, "--dataset=pacs") == 1
-    _one_line_error(capsys, "refusing member", "evil.jpg", "'..'")
+    _one_line_error(capsys, *words)
     _nothing_complete(tmp_path)
     assert not list(tmp_path.parent.rglob("evil.jpg"))
 
@@ -174,16 +170,6 @@ def test_tree_with_a_missing_class_names_it(tmp_path, server, monkeypatch, capsy
     assert _run(tmp_path, server, "--dataset=pacs") == 1
     _one_line_error(capsys, "differs from the published", "photo has no dog images",
                     "photo/dog 0, published 1")
-    _nothing_complete(tmp_path)
-
-
-def test_corrupt_image_is_named(tmp_path, server, monkeypatch, capsys):
-    _serve(server, monkeypatch, "pacs")
-    members = tree_members("kfold/", PACS.domains, PACS.classes)
-    members["kfold/sketch/horse/img_0.jpg"] = b"not a jpeg at all"
-    server.files["PACS.zip"] = zip_bytes(members)
-    assert _run(tmp_path, server, "--dataset=pacs") == 1
-    _one_line_error(capsys, "1 unreadable image(s)", "sketch/horse/img_0.jpg")
     _nothing_complete(tmp_path)
 
 

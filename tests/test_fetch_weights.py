@@ -18,20 +18,11 @@ from hjax.cli import fetch_data
 from hjax.data import download, weights
 from hjax.data.download import FetchError, Source, format_progress
 from hjax.data.torch_zip import TorchFileError, read_torch_zip
-from fetch_server import FileServer, write
+from fetch_server import server, write  # noqa: F401 (server: a fixture)
 
 DATA = Path(__file__).parent / "data"
 PTH = DATA / "torch_state_dict.pth"
 SHA = hashlib.sha256(PTH.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def server(monkeypatch):
-    s = FileServer()
-    monkeypatch.setattr(download, "BACKOFF_S", 0.0)
-    monkeypatch.delenv(download.MIRROR_ENV_VAR, raising=False)
-    yield s
-    s.close()
 
 
 @pytest.fixture

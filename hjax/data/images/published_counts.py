@@ -51,9 +51,10 @@ PUBLISHED: dict[str, Published] = {
         IMAGE_DATASETS["terra_incognita"].expected_totals,
         {24_788: {"location_100": 4_879, "location_38": 9_767, "location_43": 4_020,
                   "location_46": 6_122}},
-        None, False, "24,788 and its per-location counts: khanrc/miro issue 9 (the version "
-                     "DomainBed, SWAD and MIRO report); 24,330: what DomainBed's script gave "
-                     "from the moved source in 2022 (same issue), per location unpublished"),
+        None, False, "24,788 and its per-location counts: github.com/khanrc/miro/issues/9 "
+                     "(the version DomainBed, SWAD and MIRO report); 24,330: what DomainBed's "
+                     "script gave from the moved source in 2022 (same thread), per location "
+                     "unpublished"),
     "domain_net": Published(
         IMAGE_DATASETS["domain_net"].expected_totals,
         {586_575: {"clipart": 48_129, "infograph": 51_605, "painting": 72_266,
