@@ -142,3 +142,4 @@ def test_drive_quota_page_is_one_line(tmp_path, server):
 def test_progress_line_has_bytes_rate_and_eta():
     line = format_progress("PACS.zip", 60_000_000, 180_000_000, 0, 10.0)
     assert line == "PACS.zip  60.0 / 180.0 MB  6.0 MB/s  ETA 0:00:20"
+    assert format_progress("w.pth", 2_000, 4_000, 0, 1.0).startswith("w.pth  2.0 / 4.0 kB")

@@ -126,6 +126,7 @@ def _fetch_images_and_weights(args) -> int:
         if args.from_archive and len(datasets) + len(archs) != 1:
             raise ConfigError("--from_archive names the archive of one dataset or weights "
                               "file: give one --dataset or one --weights with it")
+        ensure_writable_dir(str(cache.data_dir(args.data_dir)), "data_dir")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parse_flags(FLAGS, ["fetch_data", *argv])
     args = FLAGS
     _log_stages_to_stderr()
+    if args.dataset or args.weights:
+        return _fetch_images_and_weights(args)
     # The folder is checked before anything is downloaded (a file given as --data_dir, or a
     # read-only folder, would otherwise fail only after the download).
     try:
@@ -181,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.pacs_mini:
         return _fetch_pacs_mini(args.data_dir, args.force)
-    if args.dataset or args.weights:
-        return _fetch_images_and_weights(args)
 
     path = cache.cache_path(args.data_dir)
     try:

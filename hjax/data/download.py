@@ -21,6 +21,8 @@ the manual route (``--from_archive``).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import html
 import http.client
@@ -74,6 +76,26 @@ def source_url(source: Source, mirror: str | None) -> str | None:
     if mirror:
         return f"{mirror}/{urllib.parse.quote(source.file)}"
     return source.url
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, log: Callable[[str], None] | None = None):
+    """Holds an exclusive lock on ``<path>.lock`` (created beside it): two processes fetching
+    the same file (parallel jobs with ``--pretrained=imagenet``, two ``fetch_data`` runs) take
+    turns instead of writing one ``.part`` file together."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log(f"{path.name}: another process is fetching it; waiting")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -251,12 +273,14 @@ def download(source: Source, dest: Path, *, url: str | None = None,
 
 def format_progress(name: str, done: int, total: int | None, before: int,
                     seconds: float) -> str:
-    """``name  12.0 / 180.0 MB  6.1 MB/s  ETA 0:27`` (rate over this run's bytes)."""
-    mb = 1e6
+    """``name  12.0 / 180.0 MB  6.1 MB/s  ETA 0:00:27`` (rate over this run's bytes; kB for
+    files under a megabyte)."""
+    unit, scale = ("MB", 1e6) if (total or done) >= 1e6 else ("kB", 1e3)
     rate = (done - before) / seconds if seconds > 0 else 0.0
-    size = f"{done / mb:.1f} / {total / mb:.1f} MB" if total else f"{done / mb:.1f} MB"
+    size = (f"{done / scale:.1f} / {total / scale:.1f} {unit}" if total
+            else f"{done / scale:.1f} {unit}")
     eta = ""
     if total and rate > 0:
         left = int((total - done) / rate)
         eta = f"  ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
-    return f"{name}  {size}  {rate / mb:.1f} MB/s{eta}"
+    return f"{name}  {size}  {rate / 1e6:.1f} MB/s{eta}"

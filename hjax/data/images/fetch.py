@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Callable
 
 from hjax.data import archives
-from hjax.data.download import FetchError, Progress, Source, check_digest, download, source_url
+from hjax.data.download import (FetchError, Progress, Source, check_digest, download,
+                                file_lock, source_url)
 from hjax.data.images import sources as sources_
 from hjax.data.images import terra_incognita
 from hjax.data.images.published_counts import PUBLISHED, Published
 from hjax.data.images.registry import IMAGE_DATASETS
-from hjax.data.images.verify import read_manifest, verify_tree, write_manifest
+from hjax.data.images.verify import (TreeMismatchError, read_manifest, verify_tree,
+                                     write_manifest)
 
 log = logging.getLogger("hjax.data")
 DOWNLOADS = "downloads"
@@ -120,18 +122,32 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike, *, mirror: str | None 
     if name not in sources_.SOURCES:
         raise FetchError(f"no source for dataset {name!r}; fetchable: {', '.join(FETCHABLE)}")
     info, src = IMAGE_DATASETS[name], sources_.SOURCES[name]
-    published = published or PUBLISHED[name]
     data_dir = Path(data_dir).expanduser()
     target = data_dir / info.dir
     if target.is_dir() and not force:
-        manifest = read_manifest(target)
-        if manifest:
-            log.info("%s: %s already fetched and verified (%s images)", name, target,
-                     f"{manifest.get('images', 0):,}")
-        else:
-            log.info("%s: %s exists (not fetched by hjax); kept as it is (--force replaces "
-                     "it)", name, target)
-        return target
+        return _kept(name, target)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(data_dir / f".{info.dir}", log.info):
+        if target.is_dir() and not force:       # fetched by another process meanwhile
+            return _kept(name, target)
+        _fetch(name, info, src, data_dir, target, mirror, from_archive, strict_counts,
+               keep_archives, progress, retries, published or PUBLISHED[name])
+    return target
+
+
+def _kept(name: str, target: Path) -> Path:
+    manifest = read_manifest(target)
+    if manifest:
+        log.info("%s: %s already fetched and verified (%s images)", name, target,
+                 f"{manifest.get('images', 0):,}")
+    else:
+        log.info("%s: %s exists (not fetched by hjax); kept as it is (--force replaces it)",
+                 name, target)
+    return target
+
+
+def _fetch(name, info, src, data_dir, target, mirror, from_archive, strict_counts,
+           keep_archives, progress, retries, published) -> None:
     single = len(src.archives) == 1
     obtained = [obtain(name, s, data_dir, mirror=mirror, from_archive=from_archive,
                        single=single, progress=progress, retries=retries) for s in src.archives]
@@ -153,7 +169,14 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike, *, mirror: str | None 
         log.info("%s: %d images written in %.1f s (%.1f MB/s of archive, %.0f images/s)",
                  name, written, t1 - t0, size / 1e6 / max(t1 - t0, 1e-9),
                  written / max(t1 - t0, 1e-9))
-        counts, digest, diffs = verify_tree(tmp, name, published, problems, strict_counts)
+        try:
+            counts, digest, diffs = verify_tree(tmp, name, published, problems, strict_counts)
+        except TreeMismatchError as e:
+            kept = ", ".join(str(p) for p, d in obtained if d)
+            where = f" (the archives stay in {kept}: delete them to download again)" if kept \
+                else ""
+            raise TreeMismatchError(f"{e}; --nostrict_counts installs it anyway{where}"
+                                    ) from None
         t2 = time.monotonic()
         total = sum(sum(c.values()) for c in counts.values())
         log.info("%s: verified %d images (every header read) in %.1f s (%.0f images/s)%s",
@@ -174,4 +197,3 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike, *, mirror: str | None 
             if downloaded:
                 path.unlink(missing_ok=True)
     log.info("%s: ready in %s", name, target)
-    return target
