@@ -213,6 +213,30 @@ def test_existing_domainbed_folder_is_kept_as_it_is(tmp_path, server, monkeypatc
     assert os.listdir(tmp_path / "PACS") == ["photo"] and server.requests == []
 
 
+def test_nostrict_counts_installs_a_differing_tree_and_the_manifest_says_so(
+        tmp_path, server, monkeypatch, capsys):
+    counts = _serve(server, monkeypatch, "pacs")
+    server.files["PACS.zip"] = zip_bytes(tree_members("kfold/", PACS.domains, PACS.classes,
+                                                      skip={("photo", "dog")}))
+    _publish(monkeypatch, "pacs", counts)
+    assert _run(tmp_path, server, "--dataset=pacs", "--nostrict_counts") == 0
+    manifest = json.loads((tmp_path / "PACS" / MANIFEST_NAME).read_text())
+    assert not manifest["matches_published"]
+    assert "photo/dog 0, published 1" in manifest["differences"]
+
+
+def test_force_replaces_a_folder_only_once_the_new_tree_is_verified(tmp_path, server,
+                                                                    monkeypatch, capsys):
+    _serve(server, monkeypatch, "pacs")
+    (tmp_path / "PACS" / "photo").mkdir(parents=True)
+    server.faults["PACS.zip"] = [404]
+    assert _run(tmp_path, server, "--dataset=pacs", "--force") == 1
+    assert os.listdir(tmp_path / "PACS") == ["photo"]                 # kept on failure
+    assert _run(tmp_path, server, "--dataset=pacs", "--force") == 0
+    assert (tmp_path / "PACS" / MANIFEST_NAME).is_file()
+    assert not [p for p in tmp_path.iterdir() if ".old-" in p.name]
+
+
 def test_bad_dataset_name_is_a_usage_error(tmp_path, server, capsys):
     assert _run(tmp_path, server, "--dataset=pacs,mnist") == 2
     _one_line_error(capsys, "--dataset='mnist'", "pacs", "all")
