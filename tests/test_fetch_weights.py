@@ -115,6 +115,26 @@ def test_pretrained_imagenet_fetches_when_missing_and_says_so(tmp_path, server,
         weights.resolve_pretrained("imagenet", "resnet34", tmp_path, said.append)
 
 
+def test_mirror_without_the_pth_falls_back_to_the_safetensors_copy(tmp_path, server,
+                                                                   monkeypatch):
+    from test_resnet import write_safetensors
+    with np.load(DATA / "torch_state_dict.npz") as ref:
+        state = {k: ref[k] for k in ("conv1.weight", "bn1.bias", "bn1.num_batches_tracked")}
+    path = tmp_path / "r50.safetensors"
+    write_safetensors(path, {k: ("I64" if v.dtype == np.int64 else "F32", v.tobytes(), v.shape)
+                             for k, v in state.items()})
+    pth, st = weights.WEIGHT_SOURCES["resnet50"]
+    assert st.file == "resnet50.tv_in1k.safetensors" and st.url is None and len(st.sha256) == 64
+    st = st._replace(sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    monkeypatch.setitem(weights.WEIGHT_SOURCES, "resnet50", (pth, st))
+    server.files[st.file] = path.read_bytes()          # the mirror lacks the .pth: 404
+    out = weights.fetch_weights("resnet50", tmp_path / "d", mirror=server.url)
+    with np.load(out) as got:
+        assert sorted(got.files) == ["bn1.bias", "conv1.weight"]
+        np.testing.assert_array_equal(got["conv1.weight"], state["conv1.weight"])
+    assert [p for p, _ in server.requests] == [pth.file, st.file]
+
+
 def test_the_published_sources_follow_torch_hubs_rule():
     for arch, sources in weights.WEIGHT_SOURCES.items():
         pth = sources[0]

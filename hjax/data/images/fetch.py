@@ -98,6 +98,19 @@ def _build(name: str, tree: Path, paths: list[Path], src: sources_.DatasetSource
     return written, []
 
 
+def _every(seconds: float, name: str) -> Callable[[int], None]:
+    """A count of images written, logged at most every ``seconds`` (DomainNet's 586,575 and
+    TerraIncognita's 6 GB tarball take minutes)."""
+    last = [time.monotonic()]
+
+    def on_file(n: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            log.info("%s: %d images written so far", name, n)
+    return on_file
+
+
 def _install(tmp: Path, target: Path) -> None:
     """Renames ``tmp`` onto ``target``; an old ``target`` is moved aside first, deleted last."""
     old = None
@@ -159,7 +172,7 @@ def _fetch(name, info, src, data_dir, target, mirror, from_archive, strict_count
         log.info("%s: extracting %s (%.1f MB)", name, ", ".join(p.name for p in paths),
                  size / 1e6)
         try:
-            written, problems = _build(name, tmp, paths, src, lambda n: None)
+            written, problems = _build(name, tmp, paths, src, _every(10.0, name))
         except archives.ArchiveError as e:
             for path, downloaded in obtained:    # damaged: fetched afresh next time
                 if downloaded:
