@@ -43,13 +43,12 @@ def image_digest(root: Path, paths: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _differences(counts: dict, total: int, published: Published, corrupt: list[str],
-                 root: Path) -> list[str]:
+def _differences(counts: dict, classes: Sequence[str], total: int, published: Published,
+                 corrupt: list[str], root: Path) -> list[str]:
     diffs = []
     if corrupt:
         diffs.append(f"{len(corrupt)} unreadable image(s), e.g. "
                      f"{', '.join(os.path.relpath(p, root) for p in corrupt[:3])}")
-    classes = sorted(set().union(*(c.keys() for c in counts.values())))
     if published.every_class_everywhere:
         for d, per in counts.items():
             missing = [c for c in classes if per.get(c, 0) == 0]
@@ -99,7 +98,8 @@ def verify_tree(root: str | os.PathLike, name: str, published: Published,
         per = np.bincount(d.labels, minlength=ds.num_classes)
         counts[d.name] = {c: int(n) for c, n in zip(ds.classes, per) if n}
     total = len(ds)
-    diffs = list(extra) + _differences(counts, total, published, list(ds.skipped), root)
+    diffs = list(extra) + _differences(counts, ds.classes, total, published,
+                                                list(ds.skipped), root)
     if diffs and strict:
         more = f" (+{len(diffs) - _SHOWN} more)" if len(diffs) > _SHOWN else ""
         raise TreeMismatchError(f"{name}: the extracted tree differs from the published "
