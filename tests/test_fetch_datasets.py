@@ -141,8 +141,11 @@ def test_a_failed_download_is_one_line_and_a_second_run_succeeds(fault, words, t
     _one_line_error(capsys, words, f"{server.url}/PACS.zip", "--from_archive=PATH",
                     "--dataset=pacs")
     _nothing_complete(tmp_path)
+    first = len(server.requests)
     assert _run(tmp_path, server, "--dataset=pacs") == 0
     assert (tmp_path / "PACS" / MANIFEST_NAME).is_file()
+    if fault == "truncate":             # the second run resumes the first run's .part file
+        assert server.requests[first][1].startswith("bytes=")
 
 
 @pytest.mark.parametrize("member,data,words", [

@@ -98,6 +98,18 @@ def test_wrong_checksum_is_one_line_leaves_nothing_and_a_second_run_succeeds(
     assert fetch_data.main(argv) == 0
 
 
+def test_weights_from_a_file_of_yours_are_checked_and_need_no_network(
+        tmp_path, server, fixture_source, capsys):
+    given = write(tmp_path / "copy" / fixture_source.file, PTH.read_bytes())
+    argv = [f"--data_dir={tmp_path}", "--weights=resnet18", f"--from_archive={given}"]
+    assert fetch_data.main(argv) == 0
+    assert weights.weights_path("resnet18", tmp_path).is_file() and given.is_file()
+    other = write(tmp_path / "other.pth", b"PK not this one")
+    assert fetch_data.main([*argv[:2], f"--from_archive={other}", "--force"]) == 1
+    assert f"does not start with {SHA[:8]}" in capsys.readouterr().err
+    assert server.requests == []
+
+
 def test_pretrained_imagenet_fetches_when_missing_and_says_so(tmp_path, server,
                                                                fixture_source, monkeypatch):
     server.files[fixture_source.file] = PTH.read_bytes()

@@ -121,37 +121,45 @@ def fetch_weights(arch: str, data_dir: str | os.PathLike, *, mirror: str | None 
                               log_)
 
 
-def _fetch_weights(arch, out, data_dir, mirror, from_archive, progress, retries, log_) -> Path:
+def _given_file(arch: str, given: Path) -> Path:
+    """A weights file the user has, checked against the sha256 of the source it matches."""
     sources = WEIGHT_SOURCES[arch]
-    downloads = Path(data_dir).expanduser() / "downloads"
+    match = [s for s in sources if s.file == given.name] or [
+        s for s in sources if given.suffix == Path(s.file).suffix]
+    if not match or not given.is_file():
+        names = " or ".join(s.file for s in sources)
+        raise FetchError(f"--from_archive={given}: give {names} (a file)")
+    check_digest(given, match[0])
+    return given
+
+
+def _downloaded_file(arch: str, out: Path, downloads: Path, mirror, progress, retries,
+                     log_) -> Path:
+    """The first of ``arch``'s sources that downloads and checks (the mirror's, with one)."""
+    sources = WEIGHT_SOURCES[arch]
+    errors = []
+    for source in (s for s in sources if source_url(s, mirror)):
+        url = source_url(source, mirror)
+        log_(f"{arch}: fetching torchvision's ImageNet weights from {url} into {out}")
+        try:
+            return download(source, downloads / source.file, url=url, progress=progress,
+                            retries=retries, log=log_)
+        except FetchError as e:
+            errors.append(str(e))
+    names = " or ".join(s.file for s in sources)
+    raise FetchError(f"{arch} weights: {'; '.join(errors)}; get {names} another way and run "
+                     f"`python -m hjax.cli.fetch_data --weights={arch} --from_archive=PATH`, "
+                     f"or set --mirror / $HJAX_MIRROR")
+
+
+def _fetch_weights(arch, out, data_dir, mirror, from_archive, progress, retries, log_) -> Path:
     if from_archive is not None:
-        given = Path(from_archive).expanduser()
-        match = [s for s in sources if s.file == given.name] or [
-            s for s in sources if given.suffix == Path(s.file).suffix]
-        if not match or not given.is_file():
-            raise FetchError(f"--from_archive={given}: give {' or '.join(s.file for s in sources)}")
-        check_digest(given, match[0])
-        path, downloaded = given, False
+        path = _given_file(arch, Path(from_archive).expanduser())
     else:
-        tried = [s for s in sources if source_url(s, mirror)]
-        errors = []
-        for source in tried:
-            url = source_url(source, mirror)
-            log_(f"{arch}: fetching torchvision's ImageNet weights from {url} into {out}")
-            try:
-                path = download(source, downloads / source.file, url=url, progress=progress,
-                                retries=retries, log=log_)
-                downloaded = True
-                break
-            except FetchError as e:
-                errors.append(str(e))
-        else:
-            names = " or ".join(s.file for s in sources)
-            raise FetchError(f"{arch} weights: {'; '.join(errors)}; get {names} another way "
-                             f"and run `python -m hjax.cli.fetch_data --weights={arch} "
-                             f"--from_archive=PATH`, or set --mirror / $HJAX_MIRROR")
+        downloads = Path(data_dir).expanduser() / "downloads"
+        path = _downloaded_file(arch, out, downloads, mirror, progress, retries, log_)
     _save_npz(out, featurizer_arrays(read_weights_file(path)))
-    if downloaded:
+    if from_archive is None:
         path.unlink(missing_ok=True)
     log_(f"{arch}: ImageNet weights stored in {out}")
     return out

@@ -99,7 +99,7 @@ def verify_tree(root: str | os.PathLike, name: str, published: Published,
         counts[d.name] = {c: int(n) for c, n in zip(ds.classes, per) if n}
     total = len(ds)
     diffs = list(extra) + _differences(counts, ds.classes, total, published,
-                                                list(ds.skipped), root)
+                                       list(ds.skipped), root)
     if diffs and strict:
         more = f" (+{len(diffs) - _SHOWN} more)" if len(diffs) > _SHOWN else ""
         raise TreeMismatchError(f"{name}: the extracted tree differs from the published "
