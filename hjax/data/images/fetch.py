@@ -100,7 +100,7 @@ def _build(name: str, tree: Path, paths: list[Path], src: sources_.DatasetSource
 
 def _every(seconds: float, name: str) -> Callable[[int], None]:
     """A count of images written, logged at most every ``seconds`` (DomainNet's 586,575 and
-    TerraIncognita's 6 GB tarball take minutes)."""
+    TerraIncognita's image tarball take minutes)."""
     last = [time.monotonic()]
 
     def on_file(n: int) -> None:
