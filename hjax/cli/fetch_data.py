@@ -1,4 +1,5 @@
-"""`python -m hjax.cli.fetch_data`: prepare the MNIST cache ahead of time (`make data`).
+"""`python -m hjax.cli.fetch_data`: fetch data ahead of time: MNIST (`make data`), DomainBed's
+image datasets, torchvision's ImageNet weights.
 
     python -m hjax.cli.fetch_data --dataset=pacs,vlcs,office_home,terra_incognita,domain_net
     python -m hjax.cli.fetch_data --dataset=all --weights=resnet18,resnet50
