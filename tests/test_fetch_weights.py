@@ -45,6 +45,17 @@ def test_torch_zip_reader_gives_exactly_what_torch_read():
     assert ours["fc.weight"].shape == (5, 6) and ours["fc.bias"].shape == (3,)   # views
 
 
+@pytest.mark.torchvision
+def test_torch_reader_and_torch_free_reader_agree_where_torch_is_installed():
+    # The .npz above makes the same comparison without torch; this one runs torch itself.
+    pytest.importorskip("torch")
+    from hjax.models import torchvision_weights as tw
+    theirs, ours = tw.read_pth(str(PTH)), read_torch_zip(PTH)
+    assert list(theirs) == list(ours)
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
 def _torch_zip(pkl: bytes) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
