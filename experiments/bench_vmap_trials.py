@@ -64,9 +64,13 @@ def main(argv=None):
     import jax.numpy as jnp
 
     from hjax.protocols.domainbed import vmapped
-    from hjax.protocols.domainbed.run import (RunConfig, initial_state, load_job_data, make_model,
+    from hjax.protocols.domainbed.config import RunConfig
+    from hjax.protocols.domainbed.identity import job_identity
+    from hjax.protocols.domainbed.programs import load_job_data, make_model
+    from hjax.protocols.domainbed.run import (initial_state,
                                     resolve_hparams)
     from hjax.protocols.domainbed.trainer import base_key, make_train_step
+    from hjax.protocols.runs.members import stack
 
     try:
         sizes = sorted({int(t) for t in FLAGS.trials})
@@ -91,14 +95,15 @@ def main(argv=None):
     quiet = lambda m: None  # noqa: E731
     n_max = max(sizes)
     datas = [load_job_data(config(t), FLAGS.batch_size) for t in range(n_max)]
-    states = [initial_state(config(t), hp, model, datas[t], quiet)[0] for t in range(n_max)]
+    states = [initial_state(config(t), hp, job_identity(config(t), hp), model, datas[t],
+                            quiet)[0] for t in range(n_max)]
 
     static = {k: v for k, v in hp.items() if vmapped.is_static_hparam(k)}
     dynamic = [k for k in hp if not vmapped.is_static_hparam(k)]
     entries = {"single": _compile(make_train_step(FLAGS.algorithm, model, hp, base_key(0)),
                                   (states[0], datas[0].train))}
     for t in sizes:
-        args = (vmapped._stack(states[:t]), vmapped._stack_train(datas[:t]),
+        args = (stack(states[:t]), vmapped._stack_train(datas[:t]),
                 jnp.arange(t, dtype=jnp.int32), vmapped._hp_arrays([hp] * t, dynamic),
                 jnp.stack([base_key(i) for i in range(t)]))
         for batching in FLAGS.batchings:

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from hjax.data.download import FetchError
 from hjax.data.mnist import MnistUnavailableError
 from hjax.errors import (ConfigError, check_choice, check_positive,  # noqa: F401  (re-exported)
                          ensure_writable_dir)
@@ -184,7 +185,8 @@ def run_main(flag_values, argv, body, *, interrupted: str | None = None) -> None
 
     Flags are parsed by hand rather than by ``absl.app.run``, whose parse errors print usage
     text and exit 1 (see :func:`parse_flags`). Missing MNIST, or a missing optional
-    dependency (:data:`OPTIONAL_MODULES`, named with the extra that installs it), is one line
+    dependency (:data:`OPTIONAL_MODULES`, named with the extra that installs it), or a failed
+    download (:class:`hjax.data.download.FetchError`), is one line
     and exit 1; Ctrl-C prints ``interrupted`` (what was kept) and exits 130. hjax's log
     records print as ``warning: ...`` lines meanwhile (:func:`command_logging`).
     """
@@ -194,7 +196,8 @@ def run_main(flag_values, argv, body, *, interrupted: str | None = None) -> None
             body()
     except UsageError as e:
         exit_usage(str(e))
-    except MnistUnavailableError as e:
+    except (MnistUnavailableError, FetchError) as e:
+        # Data that cannot be had (MNIST, a dataset or weights download): one line, exit 1.
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
     except ModuleNotFoundError as e:

@@ -21,7 +21,9 @@ import numpy as np
 
 from hjax.data.images import (IMAGE_DATASETS, image_data_dir, load_image_dataset,
                               split_in_out)
+from hjax.data.weights import resolve_pretrained
 from hjax.models import mnist_cnn_model, resnet_model
+from hjax.models.torchvision_weights import pretrained_resnet_model
 from hjax.protocols.domainbed.config import RunConfig
 from hjax.protocols.domainbed.data import TrainArrays, split_environments, stack_train
 from hjax.protocols.domainbed.hparams import seed_hash
@@ -119,13 +121,10 @@ def make_model(config: RunConfig, hp: dict | None = None, log=_LOG.info):
     dropout = float((hp or {}).get("resnet_dropout", 0.0))
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     if config.pretrained:
-        from hjax.models import torchvision_weights
-        path = config.pretrained
-        resolve = getattr(torchvision_weights, "resolve_pretrained", None)
-        if resolve is not None:
-            path = resolve(config.pretrained, config.arch, config.data_dir, log)
-        return torchvision_weights.pretrained_resnet_model(path, config.arch, num_classes,
-                                                           dropout=dropout, dtype=dtype)
+        # "imagenet": torchvision's weights of the arch, fetched (and said) when missing.
+        path = resolve_pretrained(config.pretrained, config.arch, config.data_dir, log)
+        return pretrained_resnet_model(path, config.arch, num_classes, dropout=dropout,
+                                       dtype=dtype)
     return resnet_model(config.arch, num_classes, dropout=dropout, dtype=dtype)
 
 
