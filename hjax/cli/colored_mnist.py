@@ -22,7 +22,7 @@ import sys
 
 from absl import flags
 
-from hjax.cli import run_main
+from hjax.cli import print_warning, run_main
 from hjax.cli.progress import MODES, Progress
 from hjax.protocols.irm_cmnist import config
 
@@ -126,7 +126,7 @@ def main(argv=None):
             log(format_row(r))
 
         run_experiment(run_config, Callbacks(
-            log=log, warn=lambda m: print(m, file=sys.stderr, flush=True), row=row,
+            log=log, warn=print_warning, row=row,
             step=progress.update, restart_done=progress.clear))
         if FLAGS.full_protocol_hint:
             print(f"\nThis was a short first look. The full protocol (10 restarts x 501 steps; "

@@ -23,6 +23,7 @@ URL, why, and the manual route `--from_archive=PATH`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -47,17 +48,21 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _log_stages_to_stderr() -> None:
-    """Shows the "hjax.data" logger's INFO lines (one per stage) on stderr."""
+@contextlib.contextmanager
+def _stages_to_stderr():
+    """Shows the "hjax.data" logger's INFO lines (one per stage) on stderr while fetching,
+    and leaves the logger as it was afterwards (the tests run commands in-process)."""
     log = logging.getLogger("hjax.data")
-    if any(getattr(h, "_hjax_fetch", False) for h in log.handlers):
-        return
+    saved = log.handlers[:], log.level, log.propagate
     handler = _StderrHandler()
-    handler._hjax_fetch = True
     handler.setFormatter(logging.Formatter("hjax.data: %(message)s"))
-    log.addHandler(handler)
+    log.handlers = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+    try:
+        yield
+    finally:
+        log.handlers, log.level, log.propagate = saved
 
 
 FLAGS = flags.FlagValues()     # its own: tests call main() in-process
@@ -172,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     FLAGS.unparse_flags()
     parse_flags(FLAGS, ["fetch_data", *argv])
-    args = FLAGS
-    _log_stages_to_stderr()
+    with _stages_to_stderr():
+        return _fetch(FLAGS)
+
+
+def _fetch(args) -> int:
     if args.dataset or args.weights:
         return _fetch_images_and_weights(args)
     # The folder is checked before anything is downloaded (a file given as --data_dir, or a

@@ -118,13 +118,11 @@ def resolve_trial_batching(batching: str) -> str:
     """``auto``: ``vmap`` on GPU/TPU, ``unroll`` on CPU.
 
     ``vmap`` puts the trials side by side in every op. On XLA:CPU a convolution whose
-    weights carry the trial axis becomes a grouped convolution: the group step measured 2-4.5x
-    slower than T separate programs (``experiments/bench_vmap_trials.py``). ``unroll`` writes
-    the T trial steps into the one program as independent ops (compile time grows with T),
-    which XLA:CPU runs concurrently: on 2 cores 1.0x at full CNN width (compute-bound) and
-    1.4-1.5x at quarter width, with one compile instead of T.
-    (A ``lax.map`` loop over trials measured ~10x slower than separate programs on XLA:CPU,
-    so it is not offered.)
+    weights carry the trial axis becomes a grouped convolution, slower than T separate
+    programs; ``unroll`` writes the T trial steps into the one program as independent ops
+    (compile time grows with T), which XLA:CPU runs concurrently, with one compile instead
+    of T. A ``lax.map`` loop over trials is slower still on XLA:CPU, so it is not offered.
+    The figures: docs/benchmarks.md, "Figures behind the code".
     """
     if batching not in BATCHINGS:
         raise ConfigError(f"--trial_batching={batching!r} is not valid; choose one of: "
