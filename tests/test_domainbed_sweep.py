@@ -274,3 +274,25 @@ def test_status_of_a_folder_without_saved_settings_needs_the_flags(tmp_path, cli
     (tmp_path / jobs_lib.SWEEP_FILE).write_text("{not json")
     corrupt = cli("sweep", "status", f"--output_dir={tmp_path}")
     assert corrupt.returncode == 2 and "is not a sweep settings file" in corrupt.stderr
+
+
+@pytest.mark.parametrize("launch", ["local", "local_parallel"])
+def test_an_interrupted_job_is_reported_as_interrupted_and_stops_the_sweep(tmp_path, launch):
+    from hjax.protocols.domainbed import launchers
+    jobs = jobs_lib.make_jobs([DS], ["erm"], n_hparams=1, n_trials=1, extra={"steps": 3})
+    logs, calls = [], []
+
+    def runner(job, output_dir):
+        calls.append(job)
+        return 130 if len(calls) == 1 else 0          # the first job gets Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        if launch == "local":
+            launchers.launch_local(jobs, str(tmp_path), log=logs.append, runner=runner)
+        else:
+            launchers.launch_local_parallel(jobs, str(tmp_path), max_workers=1,
+                                            log=logs.append, runner=runner)
+    assert calls == [jobs[0]]                        # no job starts after the interrupt
+    assert any("interrupted" in m and jobs[0].dirname() in m for m in logs), logs
+    assert not any("FAILED" in m or "failed" in m for m in logs), logs
+    assert launchers.was_interrupted(-2) and not launchers.was_interrupted(1)

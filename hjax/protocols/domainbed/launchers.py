@@ -184,6 +184,7 @@ def launch_local_parallel(jobs, output_root: str, max_workers: int = 2, log: Log
         log(f"[{i + 1}/{len(todo)}] start {job.dirname()}")
         code = runner(job, out)
         if was_interrupted(code) or (code != 0 and CHILDREN.stopping.is_set()):
+            CHILDREN.interrupt()              # one job interrupted: the sweep stops, as local
             log(f"[{i + 1}/{len(todo)}] interrupted {job.dirname()} (resumes at the next "
                 f"launch)")
             return None
