@@ -208,6 +208,18 @@ def _distance(d, se):
     return f"{(d if round(d, 1) else 0.0):+.1f} ± {se:.1f}", abs(round(d, 1)) <= round(se, 1)
 
 
+def _distance_cells(items) -> tuple[list[str], str]:
+    """(cells, the columns within one s.e., or "none") of [(column title, distance, s.e.,
+    text after the cell)]."""
+    cells, within = [], []
+    for title, d, se, suffix in items:
+        cell, near = _distance(d, se)
+        cells.append(cell + suffix)
+        if near:
+            within.append(title.replace(" acc", ""))
+    return cells, ", ".join(within) or "none"
+
+
 def published_table(runs) -> str:
     """Each method with a published row: our mean minus the published mean, in points, ± the
     standard error of our mean (sample std / sqrt(n)), and which columns lie within one
@@ -220,15 +232,13 @@ def published_table(runs) -> str:
         ok = [r for r in runs[method] if r["status"] == "ok"]
         if len(ok) < 2:
             continue
-        cells, within = [], []
+        items = []
         for (key, title), pub in zip(SUMMARY_COLUMNS, _published(method)):
             m, se = mean_and_sample_se([100 * r[key] for r in ok])
-            cell, near = _distance(m - pub, se)
-            cells.append(cell)
-            if near:
-                within.append(title.replace(" acc", ""))
+            items.append((title, m - pub, se, ""))
+        cells, within = _distance_cells(items)
         rows.append(f"| {method} | " + " | ".join(cells) + f" | {len(ok)} | "
-                    f"{', '.join(within) or 'none'} | {test_domain(runs[method])} |")
+                    f"{within} | {test_domain(runs[method])} |")
     if not rows:
         return ""
     return "\n".join([
@@ -300,15 +310,13 @@ def published_gap_table(runs, baseline="erm") -> str:
         diff = paired_differences(runs[method], runs[baseline])
         if diff is None:
             continue
-        cells, within = [], []
+        items = []
         for (key, title), p, b in zip(SUMMARY_COLUMNS, _published(method), base_pub):
             m, se, _ = diff[key]
-            cell, near = _distance(m - (p - b), se)
-            cells.append(f"{cell} ({m:+.1f} vs {p - b:+.1f})")
-            if near:
-                within.append(title.replace(" acc", ""))
+            items.append((title, m - (p - b), se, f" ({m:+.1f} vs {p - b:+.1f})"))
+        cells, within = _distance_cells(items)
         rows.append(f"| {method} | " + " | ".join(cells) + f" | {diff['test_acc'][2]} | "
-                    f"{', '.join(within) or 'none'} |")
+                    f"{within} |")
     if not rows:
         return ""
     return "\n".join([
