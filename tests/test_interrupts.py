@@ -2,8 +2,8 @@
 exit 130 with one line, no tracebacks (the input pipeline's worker processes included), no
 leaked shared memory, and a sweep's stopped jobs reported as interrupted, not failed.
 
-Subprocesses in their own session, signalled once their first record is written; XLA's cheap
-compile mode (plumbing: see tests/conftest.py).
+Subprocesses in their own session, signalled once their first checkpoint is complete (between
+checkpoints, as most Ctrl-Cs land); XLA's cheap compile mode (plumbing: see tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -26,13 +26,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.fast_compile
 
 
-def _interrupt_after_first_record(cmd, records_glob: str, timeout: float = 300):
-    """Starts ``cmd``, sends SIGINT to its process group once a file matches
-    ``records_glob``, and returns (returncode, stdout, stderr)."""
+def _checkpointed(job_glob: str) -> bool:
+    """Whether a job folder matching ``job_glob`` holds a finished checkpoint (orbax renames
+    its temporary folder to the step number when the save is complete)."""
+    return any(name.isdigit() for path in glob.glob(os.path.join(job_glob, "checkpoints"))
+               for name in os.listdir(path))
+
+
+def _interrupt_after_first_checkpoint(cmd, job_glob: str, timeout: float = 300):
+    """Starts ``cmd``, sends SIGINT to its process group once a job folder matching
+    ``job_glob`` has a complete checkpoint, and returns (returncode, stdout, stderr)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     deadline = time.time() + timeout
-    while not glob.glob(records_glob) and proc.poll() is None and time.time() < deadline:
+    while not _checkpointed(job_glob) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, "the command ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
@@ -50,7 +57,7 @@ def test_ctrl_c_on_an_image_job_exits_130_without_tracebacks_or_leaked_shared_me
            f"--data_dir={tmp_path / 'data'}", "--algorithm=erm", "--arch=resnet18",
            "--image_size=32", "--steps=300", "--checkpoint_freq=100", "--batch_size=4",
            "--workers=2", f"--output_dir={out}"]          # the default --augment=device
-    code, _, err = _interrupt_after_first_record(cmd, str(out / "results.jsonl"))
+    code, _, err = _interrupt_after_first_checkpoint(cmd, str(out))
     assert code == 130, err[-3000:]
     assert "interrupted: re-run the same command" in err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
@@ -61,10 +68,10 @@ def test_ctrl_c_on_a_sweep_reports_its_jobs_interrupted_and_status_reads_the_fol
         tmp_path, cli):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "hjax.cli.sweep", "launch", f"--output_dir={sweep}",
-           "--launcher=local_parallel", "--fake_data", "--steps=400", "--checkpoint_freq=50",
+           "--launcher=local_parallel", "--fake_data", "--steps=5000", "--checkpoint_freq=4999",
            "--width_multiplier=0.25", "--batch_size=8", "--n_trials=1", "--n_hparams=1",
            "--algorithms=erm", "--datasets=domainbed_colored_mnist"]
-    code, out, err = _interrupt_after_first_record(cmd, str(sweep / "*" / "results.jsonl"))
+    code, out, err = _interrupt_after_first_checkpoint(cmd, str(sweep / "*"))
     assert code == 130, out + err
     assert err.strip().splitlines() == [
         "interrupted: re-run the same command to resume "
