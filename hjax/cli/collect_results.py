@@ -117,23 +117,18 @@ def _looks_like_job(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, n)) for n in ("checkpoints", "train.log"))
 
 
-def _first_records_file(input_dir: str) -> str | None:
-    """The first results.jsonl of ``input_dir`` itself, its sub-folders or theirs."""
+def _colored_mnist_files(input_dir: str) -> list[str]:
+    """The results.jsonl files of ``input_dir`` itself, else of its sub-folders, else of
+    theirs, when every one of them holds a ColoredMNIST run's records; else []."""
     import glob
+    from hjax.io import record_checks
     for pattern in ("results.jsonl", "*/results.jsonl", "*/*/results.jsonl"):
         found = sorted(glob.glob(os.path.join(input_dir, pattern)))
         if found:
-            return found[0]
-    return None
-
-
-def _holds_colored_mnist(path: str | None) -> bool:
-    """Whether ``path`` holds a ColoredMNIST run's records (not a DomainBed job's)."""
-    from hjax.io import record_checks
-    if path is None:
-        return False
-    _, problem = record_checks.load(path, "domainbed")
-    return problem is not None and "holds a ColoredMNIST run's records" in problem
+            problems = [record_checks.load(p, "domainbed")[1] or "" for p in found]
+            cmnist = all("holds a ColoredMNIST run's records" in p for p in problems)
+            return found if cmnist else []
+    return []
 
 
 def smoke_test_note(group) -> str | None:
@@ -174,11 +169,11 @@ def main(argv=None):
     try:
         if not FLAGS.input_dir or not os.path.isdir(FLAGS.input_dir):
             raise UsageError(f"--input_dir={FLAGS.input_dir!r} is not a directory")
-        first = _first_records_file(FLAGS.input_dir)
-        if _holds_colored_mnist(first):
-            raise UsageError(f"--input_dir={FLAGS.input_dir!r} holds ColoredMNIST runs ({first}"
-                             f"), not a DomainBed sweep: use python experiments/report.py "
-                             f"--results_dir={FLAGS.input_dir}")
+        cmnist = _colored_mnist_files(FLAGS.input_dir)
+        if cmnist:
+            raise UsageError(f"--input_dir={FLAGS.input_dir!r} holds ColoredMNIST runs "
+                             f"({cmnist[0]}), not a DomainBed sweep: use python "
+                             f"experiments/report.py --results_dir={FLAGS.input_dir}")
         skipped, problems = [], []
         job_dir = os.path.abspath(FLAGS.input_dir)
         one_job = os.path.lexists(os.path.join(job_dir, "results.jsonl"))
