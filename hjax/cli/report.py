@@ -17,7 +17,10 @@ so tables other scripts write (the DomainBed mini-sweep, benchmarks) reach the d
 too. The README must hold at least one generated block; a docs page may hold none.
 
 Layout read: results/<dataset or dataset_split>/<method>/results.jsonl, as written by
-``experiments/run.py --output_dir=results/<...>/<method>``. A file that cannot be used
+``experiments/run.py --output_dir=results/<...>/<method>``; --results_dir may also be one
+dataset's folder (<method>/results.jsonl) or one run's folder (its results.jsonl; the table is
+named from its records). A run whose steps (or, for a method with a published row, hparams)
+differ from the protocol's is flagged in its row and never compared with published numbers. A file that cannot be used
 (unreadable, not JSON lines, a record without the fields the tables need, or records of
 more than one run) is skipped with one warning line naming it; --update_readme then refuses
 (exit 2), and a --results_dir that is not a folder, or whose results files are all
