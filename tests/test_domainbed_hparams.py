@@ -64,9 +64,31 @@ def test_overrides_and_unknown_names():
         hparams.make_hparams("nope", DATASET, 0)
 
 
+@pytest.mark.parametrize("name,value,expected", [
+    ("lr", "x", "hparam lr='x' must be a number (got str)"),
+    ("lr", True, "hparam lr=True must be a number (got bool)"),
+    ("batch_size", 12.5, "hparam batch_size=12.5 must be an integer (got float)"),
+    ("batch_size", [8], "hparam batch_size=[8] must be an integer (got list)"),
+])
+def test_overrides_of_the_wrong_type_name_the_value_and_the_type(name, value, expected):
+    with pytest.raises(ValueError) as e:
+        hparams.make_hparams("erm", DATASET, 0, overrides={name: value})
+    assert str(e.value) == expected
+    # What JSON gives for such values is kept: an integral float for an integer, an int lr.
+    hp = hparams.make_hparams("erm", DATASET, 0, overrides={"batch_size": 16.0, "lr": 1})
+    assert hp["batch_size"] == 16 and hp["lr"] == 1
+
+
 def test_seed_hash_is_stable():
     # A fixed value: draws must not change between Python processes or versions.
     assert hparams.seed_hash(1, 2, "lr") == 621822151
     assert isinstance(hparams.seed_hash(0), int) and 0 <= hparams.seed_hash(0) < 2 ** 31
     assert np.random.default_rng(hparams.seed_hash(0, 0, "lr")).uniform() == \
         np.random.default_rng(hparams.seed_hash(0, 0, "lr")).uniform()
+
+
+def test_a_wrong_type_in_hparams_on_the_command_line_is_one_line(tmp_path, cli):
+    proc = cli("domainbed_train", "--dataset=rotated_mnist", "--fake_data",
+               f"--output_dir={tmp_path / 'job'}", '--hparams={"lr": "x"}')
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: hparam lr='x' must be a number (got str)"

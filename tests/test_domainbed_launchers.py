@@ -171,3 +171,48 @@ def test_collect_results_latex_flag_and_missing_runs_message(tmp_path, cli):
     assert r"erm & $60.0 \pm 0.0$ & $50.0 \pm 0.0$ & $90.0 \pm 0.0$ & $66.7 \pm 0.0$ \\" \
         in proc.stdout
     assert "1 unfinished job(s) left out" in proc.stderr and "unfinished" in proc.stderr
+
+
+def test_collect_results_on_one_job_folder_reports_it_and_refuses_colored_mnist(tmp_path,
+                                                                                  cli):
+    job = tmp_path / "sweep" / "job0"
+    job.mkdir(parents=True)
+    (job / "results.jsonl").write_text(json.dumps(_run(0, 0, 0.6)[0]) + "\n")
+    unfinished = cli("collect_results", f"--input_dir={job}")
+    assert unfinished.returncode == 2 and "one job's folder and the job is not finished" in \
+        unfinished.stderr
+    (job / "done").write_text("done\n")
+    proc = cli("collect_results", f"--input_dir={job}")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 runs" in proc.stdout and "| erm | 60.0 ± 0.0 | X | X | X |" in proc.stdout
+    assert f"is one job's folder: its tables alone (pass the sweep's folder, " \
+           f"{tmp_path / 'sweep'}, for the sweep's)" in proc.stderr
+    cmnist = tmp_path / "cmnist" / "erm"
+    cmnist.mkdir(parents=True)
+    (cmnist / "results.jsonl").write_text(json.dumps(
+        {"status": "ok", "restart": 0, "train_acc": 0.7, "test_acc": 0.1,
+         "gray_test_acc": 0.7}) + "\n")
+    for folder in (cmnist, cmnist.parent):
+        refused = cli("collect_results", f"--input_dir={folder}")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "holds ColoredMNIST runs" in refused.stderr
+        assert f"use python experiments/report.py --results_dir={folder}" in refused.stderr
+
+
+def test_image_sweeps_from_random_weights_are_called_smoke_tests():
+    from hjax.cli.collect_results import report
+    envs = 4                                            # pacs_mini's domains
+
+    def run(test_env, pretrained):
+        r = {"step": 0, "args": {"dataset": "pacs_mini", "algorithm": "erm",
+                                 "test_envs": [test_env], "hparams_seed": 0, "trial_seed": 0,
+                                 "pretrained": pretrained}}
+        for e in range(envs):
+            r[f"env{e}_in_acc"] = r[f"env{e}_out_acc"] = 0.5
+        return [r]
+
+    text = report([run(e, None) for e in range(envs)])
+    assert ("Note: pacs_mini: the ResNet was randomly initialised (no --pretrained), so these "
+            "are smoke-test numbers") in text
+    assert "randomly initialised" not in report([run(e, "w.msgpack") for e in range(envs)])
+    assert "randomly initialised" not in report([_run(e, 0, 0.5) for e in range(3)])

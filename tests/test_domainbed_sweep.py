@@ -7,6 +7,7 @@ launch training.
 import json
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -223,3 +224,75 @@ def test_launch_overwrite_reaches_each_pending_job_and_done_jobs_are_still_skipp
     command = launchers.train_command(group, str(group_dir), overwrite=True)
     configs, _ = load_spec_file(command[-1].split("=", 1)[1])
     assert [c.overwrite for c in configs] == [True, True]
+
+
+def test_status_and_delete_incomplete_read_the_launch_settings_from_the_sweep_folder(tmp_path,
+                                                                                      cli):
+    flags = ["--fake_data", "--steps=2", "--n_hparams=1", "--n_trials=1", "--algorithms=erm",
+             f"--datasets={DS}"]
+    jobs = jobs_lib.make_jobs([DS], ["erm"], n_hparams=1, n_trials=1,
+                              extra={"fake_data": "true", "steps": 2})
+    for job in jobs:                       # every job done: the launch below runs nothing
+        d = tmp_path / job.dirname()
+        d.mkdir()
+        identity.write_done(str(d), identity.sweep_job_identity(job, str(d)))
+    proc = cli("sweep", "launch", f"--output_dir={tmp_path}", "--overwrite", *flags)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 jobs: 3 done" in proc.stdout
+    assert "to run done jobs again, delete their folders" in proc.stdout   # --overwrite
+    assert (tmp_path / jobs_lib.SWEEP_FILE).exists()
+    (tmp_path / jobs[1].dirname() / "done").unlink()                       # incomplete
+    shutil.rmtree(tmp_path / jobs[2].dirname())                            # not launched
+    expected = "3 jobs: 1 done, 1 incomplete, 1 not_launched"
+    assert cli("sweep", "status", f"--output_dir={tmp_path}").stdout.strip() == expected
+    agrees = cli("sweep", "status", f"--output_dir={tmp_path}", "--algorithms=erm")
+    assert agrees.stdout.strip() == expected
+    other = cli("sweep", "status", f"--output_dir={tmp_path}", "--algorithms=hgp",
+                "--steps=5")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert ("--algorithms: launched with erm, given hgp, --steps: launched with 2, given 5"
+            in other.stderr)
+    refused = cli("sweep", "delete_incomplete", f"--output_dir={tmp_path}", "--n_trials=3")
+    assert refused.returncode == 2 and (tmp_path / jobs[1].dirname()).exists()
+    deleted = cli("sweep", "delete_incomplete", f"--output_dir={tmp_path}")
+    assert deleted.stdout.strip() == "deleted 1 incomplete job directories"
+    assert not (tmp_path / jobs[1].dirname()).exists()
+    assert (tmp_path / jobs[0].dirname() / "done").exists()
+
+
+def test_status_of_a_folder_without_saved_settings_needs_the_flags(tmp_path, cli):
+    bare = cli("sweep", "status", f"--output_dir={tmp_path}")
+    assert bare.returncode == 2 and bare.stderr.count("\n") == 1
+    assert "has no sweep.json" in bare.stderr and "repeat the launch's flags" in bare.stderr
+    # Job folders the flags do not list are named, not silently left out of the count.
+    job = jobs_lib.make_jobs([DS], ["hgp"], n_hparams=1, n_trials=1)[0]
+    (tmp_path / job.dirname()).mkdir()
+    (tmp_path / job.dirname() / "results.jsonl").write_text("")
+    proc = cli("sweep", "status", f"--output_dir={tmp_path}", "--n_hparams=1", "--n_trials=1")
+    assert proc.stdout.strip() == ("3 jobs: 0 done, 0 incomplete, 3 not_launched (and 1 job "
+                                   f"folders of other settings, e.g. {job.dirname()})")
+    (tmp_path / jobs_lib.SWEEP_FILE).write_text("{not json")
+    corrupt = cli("sweep", "status", f"--output_dir={tmp_path}")
+    assert corrupt.returncode == 2 and "is not a sweep settings file" in corrupt.stderr
+
+
+@pytest.mark.parametrize("launch", ["local", "local_parallel"])
+def test_an_interrupted_job_is_reported_as_interrupted_and_stops_the_sweep(tmp_path, launch):
+    from hjax.protocols.domainbed import launchers
+    jobs = jobs_lib.make_jobs([DS], ["erm"], n_hparams=1, n_trials=1, extra={"steps": 3})
+    logs, calls = [], []
+
+    def runner(job, output_dir):
+        calls.append(job)
+        return 130 if len(calls) == 1 else 0          # the first job gets Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        if launch == "local":
+            launchers.launch_local(jobs, str(tmp_path), log=logs.append, runner=runner)
+        else:
+            launchers.launch_local_parallel(jobs, str(tmp_path), max_workers=1,
+                                            log=logs.append, runner=runner)
+    assert calls == [jobs[0]]                        # no job starts after the interrupt
+    assert any("interrupted" in m and jobs[0].dirname() in m for m in logs), logs
+    assert not any("FAILED" in m or "failed" in m for m in logs), logs
+    assert launchers.was_interrupted(-2) and not launchers.was_interrupted(1)

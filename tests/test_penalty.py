@@ -424,3 +424,22 @@ def test_linear_head_penalty_refuses_features_without_domain_axis():
     with pytest.raises(ValueError, match=r"labels has shape \(2, 5\); expected \[E, n\]"):
         hjax.linear_head_penalty(head, batches["features"], batches["labels"][:, :5],
                                  method="hgp")
+
+
+def test_linear_head_penalty_needs_a_one_output_head_for_logistic_and_labels_in_range():
+    head, batches = make_problem(12, 2)               # a 3-class softmax head
+    features, labels = batches["features"], batches["labels"]
+    c = head["kernel"].shape[1]
+    with pytest.raises(ValueError, match=rf"loss='logistic' needs a head with one output "
+                                         rf".*this head has {c}"):
+        hjax.linear_head_penalty(head, features, labels, loss="logistic", method="hgp")
+    with pytest.raises(ValueError, match=rf"labels range over \[\d+, \d+\]; loss='softmax' "
+                                         rf"with this head needs labels in \[0, {c - 1}\]"):
+        hjax.linear_head_penalty(head, features, labels + 5, method="hgp")
+    with pytest.raises(ValueError, match=r"needs labels in \[0, \d+\]"):
+        hjax.linear_head_penalty(head, features, labels - 1, method="hutchinson",
+                                 key=jax.random.key(0), num_probes=2)
+    # Under jit the labels are traced: nothing to check, the penalty is computed.
+    jitted = jax.jit(lambda y: hjax.linear_head_penalty(head, features, y, method="hgp"))
+    np.testing.assert_allclose(jitted(labels), hjax.linear_head_penalty(
+        head, features, labels, method="hgp"), rtol=1e-5)

@@ -89,11 +89,16 @@ def test_tables():
             "irm": [fake_record("irm", 0, tracked=False)]}
     table = plotting.final_distance_table(runs)
     lines = table.strip().splitlines()
-    assert lines[0].startswith("| method | restarts | step | test acc |") and len(lines) == 4
+    assert lines[0].startswith("| method | restarts | step | test acc (%) |")
+    assert len(lines) == 6
     erm = lines[2]
     # Last tracked row (step 4): spectral 1/5 and 1/6 -> mean 0.1833.
     assert erm.startswith("| erm | 2/2 | 4 |") and "0.1833 ±" in erm
-    assert lines[3].startswith("| irm | 0/1 | n/a | 0.04 ± 0 | n/a |")
+    # Accuracy in percent as report.py prints it; an untracked run's n/a says what it needs.
+    assert lines[3].startswith("| irm | 0/1 | n/a | 4.0 ± 0.0 | n/a |")
+    assert lines[5] == plotting.UNTRACKED_NOTE and "--track_alignment_every" in lines[5]
+    assert "--track_alignment_every" not in plotting.final_distance_table(
+        {"erm": runs["erm"]})
     t = plotting.transfer_table(TRANSFER_ROWS).strip().splitlines()
     assert len(t) == 2 + 6 and t[2].startswith("| erm | 0.1 | 2 | 0.015 ± 0.005 |")
 

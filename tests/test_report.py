@@ -136,7 +136,7 @@ def test_published_table_gives_distance_and_standard_error(tmp_path, cli):
 
 
 def test_folders_of_runs_before_the_fix_keep_their_protocol():
-    from hjax.io.reports import protocol_of
+    from hjax.protocols.irm_cmnist.tables import protocol_of
     assert protocol_of("colored_mnist_before_fix") == "colored_mnist"
     assert protocol_of("colored_mnist_label_shift_intended_before_fix") == \
         "colored_mnist_label_shift"
@@ -169,3 +169,40 @@ def test_published_gap_table_pairs_with_erm_and_subtracts_the_published_gap(tmp_
     (tmp_path / "colored_mnist" / "erm" / "results.jsonl").unlink()
     proc = cli("report", f"--results_dir={tmp_path}", "--paired_baseline=")
     assert proc.returncode == 0 and "published gaps" not in proc.stdout
+
+
+def _run_records(steps, n=2, method="erm", **hparams):
+    from hjax.protocols.irm_cmnist.train import method_hparams
+    hp = {**method_hparams(method), **hparams}
+    return [dict(_rec(r, 0.1 + 0.01 * r), dataset="colored_mnist", split=None, method=method,
+                 steps=steps, hparams=hp, seed=0, data_seed=r) for r in range(n)]
+
+
+def test_report_on_one_runs_folder_reports_that_run(tmp_path, cli):
+    _write(tmp_path / "run" / "results.jsonl", _run_records(501))
+    proc = cli("report", f"--results_dir={tmp_path / 'run'}", "--paired_baseline=")
+    assert proc.returncode == 0, proc.stderr
+    assert "**colored_mnist**" in proc.stdout
+    erm = next(line for line in proc.stdout.splitlines() if line.startswith("| erm |"))
+    assert "2/2 (incomplete: 2 of 10 run)" in erm and "86.4 / 14.0 / 71.0" in erm
+    assert "No results yet" not in proc.stdout
+    # One dataset's folder (<method>/results.jsonl) is read too.
+    _write(tmp_path / "colored_mnist" / "erm" / "results.jsonl", _run_records(501))
+    assert "| erm |" in cli("report", f"--results_dir={tmp_path / 'colored_mnist'}").stdout
+
+
+def test_runs_of_other_steps_or_hparams_are_not_compared_with_published_numbers(tmp_path,
+                                                                                 cli):
+    _write(tmp_path / "colored_mnist" / "erm" / "results.jsonl", _run_records(20))
+    _write(tmp_path / "colored_mnist" / "irm" / "results.jsonl",
+           _run_records(501, method="irm", lr=0.01))
+    _write(tmp_path / "colored_mnist" / "hgp" / "results.jsonl", _run_records(20, method="hgp"))
+    proc = cli("report", f"--results_dir={tmp_path}", "--paired_baseline=")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0][2:]: line for line in proc.stdout.splitlines()
+            if line.startswith("| ") and " | " in line and not line.startswith("| method")}
+    assert "not the protocol: steps 20 (protocol: 501)" in rows["erm"]
+    assert "not comparable" in rows["erm"] and "86.4 / 14.0 / 71.0" not in rows["erm"]
+    assert "not the protocol: lr 0.01 (protocol: 0.0004898536566546834)" in rows["irm"]
+    assert "not the protocol: steps 20" in rows["hgp"]           # no published row: steps only
+    assert "within one s.e." not in proc.stdout and "Against the published" not in proc.stdout

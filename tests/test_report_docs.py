@@ -104,6 +104,6 @@ def test_repository_readme_and_docs_tables_are_current():
     printed = _report().stdout
     assert page.strip() == printed.strip()
     # The headline block holds what its options generate: those datasets, no paired table.
-    from hjax.io.reports import report
+    from hjax.protocols.irm_cmnist.tables import report
     expected = report(str(ROOT / "results"), None, "", ["colored_mnist", "colored_mnist_before_fix"])
     assert headline.strip() == expected.strip() and "published" in headline

@@ -10,6 +10,11 @@ per test env, then Avg; cells ``$mean \\pm se$``); --output writes the same text
 (atomically). Unfinished jobs that were left out are counted on stderr, missing cells are
 "X" with a note under the table; with no finished run at all it says so and exits 1.
 
+--input_dir may also be one finished job's folder (its own results.jsonl): that job's tables
+alone, with a note naming the sweep folder to pass for the sweep's. A folder of ColoredMNIST
+runs is refused in one line naming experiments/report.py (exit 2). Sweeps of an image dataset
+trained from random weights (no --pretrained) get a note that their numbers are a smoke test.
+
 A job whose files cannot be used (results.jsonl unreadable, not JSON lines, a record without
 the fields selection needs, records of more than one job, a done marker naming another job)
 is skipped with one warning line naming the file and why; when nothing usable is left it
@@ -36,19 +41,19 @@ flags.DEFINE_bool("latex", False, "also print the tables as LaTeX tabulars")
 
 
 def load_runs(input_dir: str, include_incomplete: bool, skipped: list | None = None,
-              problems: list | None = None) -> list[list[dict]]:
+              problems: list | None = None, only: str | None = None) -> list[list[dict]]:
     """The runs of <input_dir>/*/results.jsonl; ``skipped`` collects the names of the job
     directories left out as unfinished (no done marker, or no results yet), ``problems`` one
     line per job whose files cannot be used (``hjax.io.record_checks``: unreadable, not JSON
     lines, records without the fields selection needs, records of more than one job, or a
-    done marker of another job)."""
+    done marker of another job). ``only``: that job directory alone."""
     from hjax.io import record_checks
     runs = []
     try:
         names = sorted(os.listdir(input_dir))
     except OSError as e:
         raise UsageError(f"--input_dir={input_dir!r} cannot be read ({e.strerror})") from None
-    for name in names:
+    for name in names if only is None else [only]:
         job = os.path.join(input_dir, name)
         path = os.path.join(job, "results.jsonl")
         if not os.path.isdir(job) or not (os.path.lexists(path) or _looks_like_job(job)):
@@ -112,6 +117,31 @@ def _looks_like_job(path: str) -> bool:
     return any(os.path.exists(os.path.join(path, n)) for n in ("checkpoints", "train.log"))
 
 
+def _colored_mnist_files(input_dir: str) -> list[str]:
+    """The results.jsonl files of ``input_dir`` itself, else of its sub-folders, else of
+    theirs, when every one of them holds a ColoredMNIST run's records; else []."""
+    import glob
+    from hjax.io import record_checks
+    for pattern in ("results.jsonl", "*/results.jsonl", "*/*/results.jsonl"):
+        found = sorted(glob.glob(os.path.join(input_dir, pattern)))
+        if found:
+            problems = [record_checks.load(p, "domainbed")[1] or "" for p in found]
+            cmnist = all("holds a ColoredMNIST run's records" in p for p in problems)
+            return found if cmnist else []
+    return []
+
+
+def smoke_test_note(group) -> str | None:
+    """A note for a sweep of an image dataset whose ResNet started from random weights."""
+    from hjax.data.images import IMAGE_DATASET_NAMES
+    args = [r[-1].get("args", {}) for r in group.runs]
+    if group.dataset not in IMAGE_DATASET_NAMES or any(a.get("pretrained") for a in args):
+        return None
+    return (f"Note: {group.title}: the ResNet was randomly initialised (no --pretrained), so "
+            f"these are smoke-test numbers, not comparable with DomainBed's published "
+            f"(ImageNet-initialised) results.\n")
+
+
 def report(runs, latex: bool = False, warn=None) -> str:
     """The selection tables of ``runs``: one set per sweep (``selection.sweeps``), so jobs
     of other settings (steps, data, image settings, ...) are never selected among or
@@ -122,6 +152,7 @@ def report(runs, latex: bool = False, warn=None) -> str:
                                                     results_table_latex, sweeps)
     groups = sweeps(runs, warn=warn)
     parts = [f"{sum(len(g.runs) for g in groups)} runs\n"]
+    parts += [note for note in map(smoke_test_note, groups) if note]
     for fmt in ([results_table] + ([results_table_latex] if latex else [])):
         if fmt is results_table_latex:
             parts.append("## LaTeX\n")
@@ -138,8 +169,22 @@ def main(argv=None):
     try:
         if not FLAGS.input_dir or not os.path.isdir(FLAGS.input_dir):
             raise UsageError(f"--input_dir={FLAGS.input_dir!r} is not a directory")
+        cmnist = _colored_mnist_files(FLAGS.input_dir)
+        if cmnist:
+            raise UsageError(f"--input_dir={FLAGS.input_dir!r} holds ColoredMNIST runs "
+                             f"({cmnist[0]}), not a DomainBed sweep: use python "
+                             f"experiments/report.py --results_dir={FLAGS.input_dir}")
         skipped, problems = [], []
-        runs = load_runs(FLAGS.input_dir, FLAGS.include_incomplete, skipped, problems)
+        job_dir = os.path.abspath(FLAGS.input_dir)
+        one_job = os.path.lexists(os.path.join(job_dir, "results.jsonl"))
+        if one_job:
+            print(f"note: --input_dir={FLAGS.input_dir} is one job's folder: its tables alone "
+                  f"(pass the sweep's folder, {os.path.dirname(job_dir)}, for the sweep's)",
+                  file=sys.stderr)
+            runs = load_runs(os.path.dirname(job_dir), FLAGS.include_incomplete, skipped,
+                             problems, only=os.path.basename(job_dir))
+        else:
+            runs = load_runs(FLAGS.input_dir, FLAGS.include_incomplete, skipped, problems)
         for line in problems:
             print(f"warning: {line}; job skipped", file=sys.stderr)
         if problems and not runs:
@@ -150,6 +195,10 @@ def main(argv=None):
                   "results yet; --include_incomplete uses those with results): "
                   + ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else ""),
                   file=sys.stderr)
+        if not runs and one_job:
+            raise UsageError(f"--input_dir={FLAGS.input_dir!r} is one job's folder and the job "
+                             f"is not finished (no done marker): re-run its command to finish "
+                             f"it, or add --include_incomplete")
         if not runs:
             print(f"error: no finished runs under {FLAGS.input_dir!r} (each job directory "
                   "needs results.jsonl and a done marker); launch or finish the sweep first",

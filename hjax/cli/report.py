@@ -17,7 +17,10 @@ so tables other scripts write (the DomainBed mini-sweep, benchmarks) reach the d
 too. The README must hold at least one generated block; a docs page may hold none.
 
 Layout read: results/<dataset or dataset_split>/<method>/results.jsonl, as written by
-``experiments/run.py --output_dir=results/<...>/<method>``. A file that cannot be used
+``experiments/run.py --output_dir=results/<...>/<method>``; --results_dir may also be one
+dataset's folder (<method>/results.jsonl) or one run's folder (its results.jsonl; the table is
+named from its records). A run whose steps (or, for a method with a published row, hparams)
+differ from the protocol's is flagged in its row and never compared with published numbers. A file that cannot be used
 (unreadable, not JSON lines, a record without the fields the tables need, or records of
 more than one run) is skipped with one warning line naming it; --update_readme then refuses
 (exit 2), and a --results_dir that is not a folder, or whose results files are all
@@ -35,7 +38,8 @@ from absl import flags
 from hjax.cli import UsageError, run_main
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("results_dir", "results", "folder holding <dataset>/<method>/results.jsonl")
+flags.DEFINE_string("results_dir", "results", "folder holding <dataset>/<method>/results.jsonl "
+                    "(or one dataset's <method>/results.jsonl, or one run's results.jsonl)")
 flags.DEFINE_bool("update_readme", False,
                   "rewrite the generated and include blocks of --readme and of the --docs pages")
 flags.DEFINE_string("readme", "README.md", "README to update")
@@ -50,10 +54,11 @@ flags.DEFINE_integer("expected_restarts", None,
                      "flag runs with fewer restarts as incomplete (default: the protocol's, "
                      "10 for colored_mnist and 5 for the label-shift runs)")
 
-from hjax.io.reports import (  # noqa: F401  (re-exported for tests and scripts)
-    BEGIN, END, EXPECTED_RESTARTS, METHOD_ORDER, PUBLISHED, block_options, collect,
-    dataset_table, demote_headings, doc_pages, paired_differences, paired_table,
-    refresh_file, refresh_includes, report, update_readme)
+from hjax.io.doc_blocks import (  # noqa: F401  (re-exported for tests and scripts)
+    BEGIN, END, demote_headings, doc_pages, refresh_file, refresh_includes, update_readme)
+from hjax.protocols.irm_cmnist.tables import (  # noqa: F401  (re-exported)
+    EXPECTED_RESTARTS, PUBLISHED, block_kwargs, collect, dataset_table, paired_differences,
+    paired_table, report)
 
 
 def main(argv=None):
@@ -73,10 +78,11 @@ def main(argv=None):
                 raise UsageError(f"not updating {FLAGS.readme}: {len(set(problems))} results "
                                  "file(s) under --results_dir were skipped (warnings above)")
 
-            def make_table(datasets=None, paired_baseline=FLAGS.paired_baseline):
-                return report(FLAGS.results_dir, FLAGS.expected_restarts, paired_baseline,
-                              datasets)
-            update_readme(FLAGS.readme, text, make_table, FLAGS.docs)
+            def make_block(options, where):
+                kwargs = dict({"paired_baseline": FLAGS.paired_baseline},
+                              **block_kwargs(options, where))
+                return report(FLAGS.results_dir, FLAGS.expected_restarts, **kwargs)
+            update_readme(FLAGS.readme, text, make_block, FLAGS.docs)
     run_main(FLAGS, argv, body)
 
 

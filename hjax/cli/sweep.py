@@ -21,6 +21,14 @@ submits a Slurm job array (--slurm_partition, --slurm_account, --slurm_qos, --ti
 --submitit_local) runs them through submitit's LocalExecutor in waves of --max_workers.
 Submitit logs go to --submitit_dir (default <output_dir>/submitit).
 
+The sweep folder: ``launch`` saves its settings (the flags that make the job list) in
+<output_dir>/sweep.json; ``status`` and ``delete_incomplete`` read them from there, so they
+need only --output_dir (flags given must agree with a saved launch; refused otherwise). A
+folder without sweep.json (launched by an older hjax) needs the launch's flags repeated.
+
+Ctrl-C on ``launch``: the running jobs are interrupted (each resumes from its checkpoint at the
+next launch), reported as interrupted, and the sweep exits 130 with one line.
+
 --preset=cpu_mini is the CPU mini-sweep (about 30 minutes on 2 cores; see PRESETS and the
 README); flags given explicitly override a preset's values.
 
@@ -124,6 +132,55 @@ def apply_preset(f) -> None:
             setattr(f, name, value)
 
 
+# The flags that make a sweep's job list: what sweep.json saves for each launch.
+SETTINGS = ("datasets", "algorithms", "n_hparams", "n_hparams_from", "n_trials", "with_pairs",
+            "steps", "checkpoint_freq", "width_multiplier", "batch_size", "fake_data",
+            "data_dir", "arch", "image_size", "dtype", "pretrained", "workers")
+
+
+def launch_settings(f) -> dict:
+    """The job-list settings of these flags, as JSON values (what sweep.json saves)."""
+    return {k: list(getattr(f, k)) if k in ("datasets", "algorithms") else getattr(f, k)
+            for k in SETTINGS}
+
+
+def given_settings(f) -> dict:
+    """The job-list settings given on the command line (or by --preset)."""
+    preset = PRESETS.get(f.preset, {})
+    given = {k: v for k, v in launch_settings(f).items() if f[k].present or k in preset}
+    if f.single_test_envs:
+        given["with_pairs"] = False
+    return given
+
+
+def settings_flags(settings: dict):
+    """An object with the flags' attributes, from saved settings (for :func:`build_jobs`)."""
+    import types
+    return types.SimpleNamespace(**{**launch_settings(FLAGS), **settings,
+                                    "vmap_trials": False, "single_test_envs": False})
+
+
+def saved_jobs(f):
+    """The job list of ``status`` / ``delete_incomplete``: from the sweep folder's saved
+    launches (those the given flags agree with), else from the flags, which must be given."""
+    from hjax.protocols.domainbed import jobs as jobs_lib
+    launches = jobs_lib.saved_launches(f.output_dir)
+    given = given_settings(f)
+    if launches is None:
+        if not given:
+            raise UsageError(f"--output_dir={f.output_dir} has no {jobs_lib.SWEEP_FILE} (not a "
+                             f"sweep folder, or launched by an older hjax): repeat the "
+                             f"launch's flags (--datasets, --algorithms, --n_hparams, ...)")
+        return build_jobs(f)
+    jobs, seen = [], set()
+    for settings in jobs_lib.select_launches(launches, given):
+        for job in build_jobs(settings_flags(settings)):
+            if job not in seen:
+                seen.add(job)
+                jobs.append(job)
+    return jobs
+
+
 def build_jobs(f):
     from hjax.protocols.domainbed.hparams import ALGORITHMS
     from hjax.protocols.domainbed.jobs import make_jobs
@@ -186,10 +243,18 @@ def run_launcher(launcher, jobs, f) -> int:
         mem_gb=f.mem_gb)
 
 
-def print_status(jobs, root):
-    from hjax.protocols.domainbed.jobs import status_counts
+def status_line(jobs, root) -> str:
+    from hjax.protocols.domainbed.jobs import other_job_folders, status_counts
     counts = status_counts(jobs, root)
-    print(f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
+    line = f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    others = other_job_folders(jobs, root)
+    if others:
+        line += f" (and {len(others)} job folders of other settings, e.g. {others[0]})"
+    return line
+
+
+def print_status(jobs, root):
+    print(status_line(jobs, root), flush=True)
 
 
 def main(argv=None):
@@ -201,15 +266,16 @@ def main(argv=None):
         if not FLAGS.output_dir:
             raise UsageError("--output_dir is required")
         apply_preset(FLAGS)
-        jobs = build_jobs(FLAGS)
-        launcher = check_launcher(FLAGS)
-        os.makedirs(FLAGS.output_dir, exist_ok=True)
         command = rest[1]
+        jobs = build_jobs(FLAGS) if command == "launch" else saved_jobs(FLAGS)
+        launcher = check_launcher(FLAGS)
         from hjax.protocols.domainbed import jobs as jobs_lib
         if FLAGS.max_vmap_trials is not None and FLAGS.max_vmap_trials < 1:
             raise UsageError(f"--max_vmap_trials={FLAGS.max_vmap_trials} must be a positive "
                              "integer")
         if command == "launch":
+            os.makedirs(FLAGS.output_dir, exist_ok=True)
+            jobs_lib.record_launch(FLAGS.output_dir, launch_settings(FLAGS))
             units = jobs
             if FLAGS.vmap_trials:
                 from hjax.protocols.domainbed.vmapped import plan_groups
@@ -218,8 +284,19 @@ def main(argv=None):
                                     FLAGS.trial_batching)
                 print(f"--vmap_trials: {sum(len(g.jobs) for g in units)} pending jobs in "
                       f"{len(units)} vmapped group(s)", flush=True)
-            failed = run_launcher(launcher, units, FLAGS)
+            all_done = FLAGS.overwrite and all(
+                jobs_lib.job_state(FLAGS.output_dir, j) == "done" for j in jobs)
+            try:
+                failed = run_launcher(launcher, units, FLAGS)
+            except KeyboardInterrupt:
+                print(f"interrupted: re-run the same command to resume "
+                      f"({status_line(jobs, FLAGS.output_dir)})", file=sys.stderr, flush=True)
+                sys.exit(130)
             print_status(jobs, FLAGS.output_dir)
+            if all_done:
+                print("every job is done, so nothing ran: --overwrite never replaces a "
+                      "finished job's results; to run done jobs again, delete their folders "
+                      "(or launch into a new --output_dir)", flush=True)
             sys.exit(1 if failed else 0)
         elif command == "status":
             print_status(jobs, FLAGS.output_dir)
@@ -228,6 +305,9 @@ def main(argv=None):
             print(f"deleted {n} incomplete job directories")
     except UsageError as e:
         exit_usage(str(e))
+    except KeyboardInterrupt:
+        print("interrupted: no job was started", file=sys.stderr)
+        sys.exit(130)
     except OSError as e:
         exit_usage(f"--output_dir={FLAGS.output_dir!r}: {e.strerror}")
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hjax.core import linear_head, stacked_head
 from hjax.core.curvature import exact_diag_from_hvp, hutchinson_from_hvp, hutchinson_probe
@@ -323,7 +324,7 @@ def linear_head_penalty_terms(head_params: PyTree, features: jax.Array, labels: 
         that function of ``head_params`` and ``features`` for the gradients to be right.
     """
     linear_head._check_loss(loss)
-    _check_linear_head_inputs(head_params, features, labels, weights)
+    _check_linear_head_inputs(head_params, features, labels, weights, loss)
     if probe_products not in PROBE_PRODUCTS:
         raise ValueError(f"unknown probe_products {probe_products!r}; valid: "
                          f"{', '.join(PROBE_PRODUCTS)}")
@@ -364,8 +365,10 @@ def linear_head_penalty_terms(head_params: PyTree, features: jax.Array, labels: 
                           probe_estimates=dense_estimates if use_dense else None)
 
 
-def _check_linear_head_inputs(head_params, features, labels, weights) -> None:
-    """Head keys and the [E, n, d] / [E, n] shapes, named in one line when they are wrong."""
+def _check_linear_head_inputs(head_params, features, labels, weights, loss="softmax") -> None:
+    """Head keys, the [E, n, d] / [E, n] shapes, a one-output head for ``"logistic"`` and, for
+    concrete labels, their range, named in one line when they are wrong. Labels traced under
+    ``jit`` have no values to check: out-of-range ones then give a meaningless penalty."""
     keys = sorted(head_params) if hasattr(head_params, "keys") else None
     if keys != ["bias", "kernel"]:
         found = (f"keys {keys}" if keys is not None
@@ -385,6 +388,17 @@ def _check_linear_head_inputs(head_params, features, labels, weights) -> None:
         if a is not None and jnp.shape(a) != jnp.shape(features)[:2]:
             raise ValueError(f"{name} has shape {jnp.shape(a)}; expected [E, n] = "
                              f"{jnp.shape(features)[:2]}, like features' first two axes")
+    if loss == "logistic" and kernel[1] != 1:
+        raise ValueError(f"loss='logistic' needs a head with one output (kernel [d, 1], "
+                         f"bias [1]); this head has {kernel[1]} (kernel {kernel}): use "
+                         f"loss='softmax' for a {kernel[1]}-class head")
+    if not isinstance(labels, jax.core.Tracer) and jnp.size(labels):
+        hi = 1 if loss == "logistic" else kernel[1] - 1
+        values = np.asarray(labels)        # numpy: no tracing, also inside a jitted caller
+        lo_found, hi_found = values.min().item(), values.max().item()
+        if lo_found < 0 or hi_found > hi:
+            raise ValueError(f"labels range over [{lo_found}, {hi_found}]; loss={loss!r} with "
+                             f"this head needs labels in [0, {hi}]")
 
 
 def _dense_is_cheaper(n, d, c, num_probes, estimates_per_domain, max_params=4096):

@@ -278,12 +278,25 @@ def _fmt(values) -> str:
     return "n/a" if math.isnan(m) else f"{m:.4g} ± {s:.2g}"
 
 
+def _fmt_percent(values) -> str:
+    """Accuracies as report.py prints them: mean ± std in percent, one decimal."""
+    m, s = mean_std(values)
+    return "n/a" if math.isnan(m) else f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+UNTRACKED_NOTE = ("n/a: the run tracked no distances; run it with --track_alignment_every=N "
+                  "(e.g. 25) to track them every N steps")
+
+
 def final_distance_table(runs: Mapping[str, Sequence[dict]]) -> str:
     """Markdown: per method, mean ± std over restarts of the distances in the last tracked
     history row of each restart (the last step when the run finished; "restarts" counts the
-    restarts with tracking), and the final test accuracy of the restarts that finished."""
-    head = "| method | restarts | step | test acc | " + " | ".join(t for _, t in DISTANCE_COLUMNS) + " |"
+    restarts with tracking), and the final test accuracy (%) of the restarts that finished.
+    A method with no tracked restart gets n/a and a note naming --track_alignment_every."""
+    head = ("| method | restarts | step | test acc (%) | "
+            + " | ".join(t for _, t in DISTANCE_COLUMNS) + " |")
     lines = [head, "|" + "---|" * (len(DISTANCE_COLUMNS) + 4)]
+    untracked = False
     for method, records in runs.items():
         last_rows = []
         for rec in records:
@@ -291,11 +304,14 @@ def final_distance_table(runs: Mapping[str, Sequence[dict]]) -> str:
             if tracked:
                 last_rows.append(tracked[-1])
         steps = sorted({r["step"] for r in last_rows})
+        untracked = untracked or not steps
         step = "n/a" if not steps else "/".join(str(s) for s in steps)
         cells = [_fmt([r.get(k) for r in last_rows]) for k, _ in DISTANCE_COLUMNS]
-        acc = _fmt([r.get("test_acc") for r in records if r.get("status") == "ok"])
+        acc = _fmt_percent([r.get("test_acc") for r in records if r.get("status") == "ok"])
         lines.append(f"| {method} | {len(last_rows)}/{len(records)} | {step} | {acc} | "
                      + " | ".join(cells) + " |")
+    if untracked:
+        lines += ["", UNTRACKED_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -26,11 +26,21 @@ example once, in order, padded to full batches (padding: zeros, label 0, mask Fa
 A file that does not decode raises :class:`~hjax.data.images.registry.ImageDecodeError`
 naming it (files PIL cannot identify are already skipped when the dataset is scanned).
 Call ``close()`` on an iterator (or use it as a context manager) to stop its workers.
+
+Ctrl-C and shared memory: the workers never see SIGINT (they are started from a thread that
+blocks it, and processes inherit the mask; a worker started otherwise ignores it), so Ctrl-C
+raises KeyboardInterrupt in the main process only, which closes the iterator and so stops
+them: no worker tracebacks. grain hands each batch over in shared-memory blocks; their names
+are unlinked as soon as a batch arrives (the arrays stay valid until dropped), so neither a
+finished nor an interrupted run leaves blocks for the resource tracker to report as leaked.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from multiprocessing import shared_memory
 from typing import Sequence
 
 import numpy as np
@@ -167,17 +177,31 @@ class EvalBatch:
 
 
 class Batches:
-    """An iterator over a grain pipeline's elements; ``close()`` stops its workers."""
+    """An iterator over a grain pipeline's elements; ``close()`` stops its workers.
 
-    def __init__(self, it, length: int | None = None):
+    ``workers``: the pipeline's worker processes; when there are any, the first element (when
+    grain starts them) is fetched by :func:`_without_sigint`.
+    """
+
+    # How long close() waits for a first fetch still under way (the workers starting).
+    _START_JOIN_S = 10.0
+
+    def __init__(self, it, length: int | None = None, workers: int = 0):
         self._it = it
         self._length = length
+        self._first_in_thread = workers > 0 and hasattr(signal, "pthread_sigmask")
+        self._starter: threading.Thread | None = None
 
     def __iter__(self) -> "Batches":
         return self
 
     def __next__(self):
-        return next(self._it)
+        if self._first_in_thread:
+            self._first_in_thread = False
+            element, self._starter = _without_sigint(lambda: next(self._it))
+        else:
+            element = next(self._it)
+        return release_shared_memory(element)
 
     def __len__(self) -> int:
         if self._length is None:
@@ -185,6 +209,8 @@ class Batches:
         return self._length
 
     def close(self) -> None:
+        if self._starter is not None:        # interrupted while the workers were starting
+            self._starter.join(timeout=self._START_JOIN_S)
         close = getattr(self._it, "close", None)
         if close is not None:
             close()
@@ -194,6 +220,52 @@ class Batches:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _without_sigint(fn):
+    """(fn(), the thread that ran it): fn run in a new thread that blocks SIGINT, so that the
+    threads and processes it starts block it too (signal masks are inherited). The caller's
+    wait is interruptible: Ctrl-C still reaches the main process at once."""
+    outcome = {}
+
+    def target():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            outcome["value"] = fn()
+        except BaseException as e:  # raised in the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True, name="hjax-pipeline-start")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"], thread
+
+
+def _ignore_sigint(worker_index: int, worker_count: int) -> None:
+    """grain's worker_init_fn: a worker started outside :func:`_without_sigint` ignores
+    SIGINT too (the parent stops the workers when it is interrupted)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def release_shared_memory(element):
+    """``element`` (a tuple of arrays, or one array) with the names of the shared-memory
+    blocks behind its arrays unlinked now, their mappings kept.
+
+    grain's receiving arrays unlink their block when garbage-collected (on a thread pool);
+    arrays still referenced at exit (by device buffers aliasing host memory, a prefetch
+    queue) never are, and the resource tracker then warns of leaked shared_memory objects.
+    Unlinked at arrival, a block is freed once its arrays are gone, exit included.
+    """
+    for leaf in element if isinstance(element, tuple) else (element,):
+        shm = getattr(leaf, "shm", None)
+        # grain's SharedMemoryArray marks the array that owns its block's unlinking.
+        if isinstance(shm, shared_memory.SharedMemory) and getattr(leaf, "_unlink_on_del",
+                                                                   False):
+            leaf._unlink_on_del = False
+            shm.unlink()
+    return element
 
 
 def _allow_unparsed_grain_flags() -> None:
@@ -226,7 +298,9 @@ def _iterate(ds, workers: int, buffer: int):
                                                  prefetch_buffer_size=0 if workers == 0 else 1))
     if workers > 0:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=workers, per_worker_buffer_size=buffer))
+            num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=_ignore_sigint)
+        if hasattr(signal, "pthread_sigmask"):     # grain may start its threads here already
+            return _without_sigint(lambda: iter(it_ds))[0]
     return iter(it_ds)
 
 
@@ -246,7 +320,7 @@ def train_batches(domains: Sequence[tuple[Sequence[str], Sequence[int]]], batch_
         raise ConfigError(f"seed={seed} and start_step={start_step} must be >= 0")
     fn = TrainBatch(_as_domains(domains), batch_size, image_size, int(seed), augment)
     ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(fn)
-    return Batches(_iterate(ds, workers, buffer))
+    return Batches(_iterate(ds, workers, buffer), workers=workers)
 
 
 def eval_batches(paths: Sequence[str], labels: Sequence[int], image_size: int,
@@ -263,7 +337,7 @@ def eval_batches(paths: Sequence[str], labels: Sequence[int], image_size: int,
                           f"positive")
     n_batches = -(-len(paths) // batch_size)
     ds = grain.MapDataset.range(n_batches).map(EvalBatch(paths, labels, image_size, batch_size))
-    return Batches(_iterate(ds, workers, buffer), n_batches)
+    return Batches(_iterate(ds, workers, buffer), n_batches, workers=workers)
 
 
 def _as_sources(domains, canvas: int) -> list[tuple[object, np.ndarray]]:
@@ -348,7 +422,7 @@ def train_canvases(domains, batch_size: int, canvas: int, seed: int, start_step:
         raise ConfigError(f"seed={seed} and start_step={start_step} must be >= 0")
     fn = TrainCanvases(_as_sources(domains, canvas), batch_size, canvas, int(seed))
     ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(fn)
-    return Batches(_iterate(ds, workers, buffer))
+    return Batches(_iterate(ds, workers, buffer), workers=workers)
 
 
 def eval_canvases(images, labels: Sequence[int], canvas: int, batch_size: int,
@@ -361,4 +435,4 @@ def eval_canvases(images, labels: Sequence[int], canvas: int, batch_size: int,
     (source, labels), = _as_sources([(images, labels)], canvas)
     n_batches = -(-len(labels) // batch_size)
     ds = grain.MapDataset.range(n_batches).map(EvalCanvases(source, labels, batch_size))
-    return Batches(_iterate(ds, workers, buffer), n_batches)
+    return Batches(_iterate(ds, workers, buffer), n_batches, workers=workers)

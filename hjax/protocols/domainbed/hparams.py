@@ -159,5 +159,21 @@ def make_hparams(algorithm: str, dataset: str, hparams_seed: int, trial_seed: in
     unknown = sorted(set(overrides) - set(hp))
     if unknown:
         raise ValueError(f"unknown hparams {unknown} for {algorithm}; valid: {', '.join(hp)}")
+    for name, value in overrides.items():
+        check_override(name, value, hp[name])
     hp.update(overrides)
     return hp
+
+
+def check_override(name: str, value, default) -> None:
+    """ValueError (one line: the name, the value, the type expected) unless ``value`` has the
+    type of the hparam's ``default``: an integer for an integer hparam (an integral float is
+    accepted, as JSON may write one), a number for a float one; never a bool or a string."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int) and not isinstance(default, bool):
+        ok, expected = number and float(value).is_integer(), "an integer"
+    else:
+        ok, expected = number, "a number"
+    if not ok:
+        raise ValueError(f"hparam {name}={value!r} must be {expected} (got "
+                         f"{type(value).__name__})")

@@ -10,6 +10,10 @@ A :class:`VmapGroup` bundles jobs of one shape that run as one compiled program
 (``sweep.py --vmap_trials``, :mod:`hjax.protocols.domainbed.vmapped`); launchers treat it as one unit
 whose directory (logs, the group's job list) is under ``vmap_groups/`` and which is done when
 all its jobs are.
+
+A sweep folder holds ``sweep.json``: the settings of every launch into it
+(:func:`record_launch`), so that ``status`` and ``delete_incomplete`` rebuild the job list from
+the folder rather than from flags that may not be repeated exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 from typing import NamedTuple, Sequence
 
 from hjax.data import dataset_info
+from hjax.errors import ConfigError
 
 _LOG = logging.getLogger("hjax")
 
@@ -76,6 +81,65 @@ def job_from_spec(entry: dict) -> tuple[Job, str]:
     return job, entry["output_dir"]
 
 
+SWEEP_FILE = "sweep.json"
+# Folders of a sweep folder that are not job folders.
+NON_JOB_DIRS = (GROUPS_DIR, "submitit")
+
+
+def saved_launches(output_root: str) -> list[dict] | None:
+    """The settings of each launch recorded in ``<output_root>/sweep.json`` (None: no file)."""
+    path = os.path.join(output_root, SWEEP_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            launches = json.load(f)["launches"]
+        if not isinstance(launches, list) or not all(isinstance(x, dict) for x in launches):
+            raise TypeError
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a sweep settings file ({type(e).__name__}); move it "
+                          f"aside and give the launch's flags") from None
+    return launches
+
+
+def record_launch(output_root: str, settings: dict) -> None:
+    """Adds a launch's settings (JSON values) to ``<output_root>/sweep.json`` (atomic)."""
+    from hjax.io.results import write_atomic
+    launches = saved_launches(output_root) or []
+    if settings not in launches:
+        launches.append(settings)
+    write_atomic(os.path.join(output_root, SWEEP_FILE),
+                 json.dumps({"launches": launches}, indent=1, sort_keys=True) + "\n")
+
+
+def select_launches(launches: list[dict], given: dict) -> list[dict]:
+    """The saved launches that agree with every ``given`` setting; ConfigError (one line,
+    naming the settings that differ from the last launch) when none does."""
+    chosen = [s for s in launches if all(s.get(k) == v for k, v in given.items())]
+    if chosen:
+        return chosen
+    last = launches[-1]
+    diff = ", ".join(f"--{k}: launched with {_flag_value(last.get(k))}, given "
+                     f"{_flag_value(v)}" for k, v in sorted(given.items()) if last.get(k) != v)
+    raise ConfigError(f"these flags contradict the sweep's saved settings ({SWEEP_FILE}): "
+                      f"{diff}; leave them out to use the saved ones")
+
+
+def _flag_value(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def other_job_folders(jobs: Sequence[Job], output_root: str) -> list[str]:
+    """Folders of ``output_root`` that hold a job's files but are not one of ``jobs``."""
+    from hjax.protocols.domainbed.identity import JOB_FILES
+    if not os.path.isdir(output_root):
+        return []
+    names = {j.dirname() for j in jobs}
+    return sorted(d for d in os.listdir(output_root)
+                  if d not in names and d not in NON_JOB_DIRS
+                  and any(os.path.lexists(os.path.join(output_root, d, f)) for f in JOB_FILES))
+
+
 def test_env_sets(num_envs: int, with_pairs: bool) -> list[tuple[int, ...]]:
     sets = [(i,) for i in range(num_envs)]
     if with_pairs:
@@ -123,17 +187,27 @@ def status_counts(jobs: Sequence[Job], output_root: str) -> dict[str, int]:
     return counts
 
 
-def launch(jobs: Sequence[Job], output_root: str, runner, log=_LOG.info) -> int:
+def launch(jobs: Sequence[Job], output_root: str, runner, log=_LOG.info,
+           interrupted=lambda code: False) -> int:
     """Runs every job not done yet, in order, with ``runner(job, output_dir) -> exit code``.
 
-    Returns the number of failed jobs; a failure does not stop the sweep.
+    Returns the number of failed jobs; a failure does not stop the sweep. A job interrupted
+    (``interrupted(code)``, or KeyboardInterrupt here) is logged as such and stops it:
+    KeyboardInterrupt is raised.
     """
     failed = 0
     for i, job in enumerate(jobs):
         if job_state(output_root, job) == "done":
             continue
         log(f"[{i + 1}/{len(jobs)}] {job.dirname()}")
-        if runner(job, os.path.join(output_root, job.dirname())) != 0:
+        try:
+            code = runner(job, os.path.join(output_root, job.dirname()))
+        except KeyboardInterrupt:
+            code = None
+        if code is None or interrupted(code):
+            log(f"  {job.dirname()} interrupted (resumes at the next launch)")
+            raise KeyboardInterrupt
+        if code != 0:
             failed += 1
             log(f"  {job.dirname()} failed")
     return failed

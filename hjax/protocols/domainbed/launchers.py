@@ -15,6 +15,11 @@ Every launcher first drops the jobs that are already done (done marker) and, sin
 ``train.py`` resumes from its checkpoint and does nothing for a finished job, re-launching a
 sweep is always safe. Each launcher returns the number of failed jobs (for ``submitit`` without
 waiting: 0, the jobs are only submitted).
+
+Ctrl-C: the local launchers run each job in its own process group, so the terminal's SIGINT
+reaches the launcher only, which passes exactly one SIGINT to every running job (each then
+saves nothing more and exits 130, resumable), starts no further job, logs the jobs it stopped
+as interrupted (not failed) and raises KeyboardInterrupt once they have exited.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import functools
 import logging
 import json
 import os
+import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Sequence
 
 from hjax.errors import ConfigError
@@ -68,22 +75,96 @@ def pending(jobs: Sequence[jobs_lib.Job], output_root: str) -> list[jobs_lib.Job
     return [j for j in jobs if jobs_lib.job_state(output_root, j) != "done"]
 
 
+# A job's exit codes that mean it was interrupted (Ctrl-C: 130 from its handler, or killed by
+# SIGINT before it installed one), not that it failed.
+INTERRUPTED_CODES = (130, -signal.SIGINT)
+
+
+def was_interrupted(code) -> bool:
+    return code in INTERRUPTED_CODES
+
+
+class Children:
+    """The job processes this launcher runs, each in its own process group, so that Ctrl-C
+    reaches them once, through :meth:`interrupt`, and none starts after it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.stopping = threading.Event()
+
+    def run(self, command: list[str], **popen_kwargs) -> int:
+        """The command's exit code (``-SIGINT`` without starting it once stopping)."""
+        with self._lock:
+            if self.stopping.is_set():
+                return -signal.SIGINT
+            proc = subprocess.Popen(command, process_group=0, **popen_kwargs)
+            self._running.add(proc)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:              # the main thread's wait (``local``)
+            self.interrupt()
+            _wait_quietly(proc)
+            raise
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+
+    def reset(self) -> None:
+        """A new launch: jobs may start again."""
+        self.stopping.clear()
+
+    def interrupt(self) -> None:
+        """SIGINT, once, to every running job; none starts afterwards."""
+        with self._lock:
+            first = not self.stopping.is_set()
+            self.stopping.set()
+            running = list(self._running)
+        if first:
+            for proc in running:
+                try:
+                    proc.send_signal(signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+
+
+    def kill(self) -> None:
+        with self._lock:
+            running = list(self._running)
+        for proc in running:
+            proc.kill()
+
+
+def _wait_quietly(proc: subprocess.Popen) -> None:
+    """Waits for an interrupted job to exit; a second Ctrl-C stops waiting (it is killed)."""
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.wait()
+
+
+CHILDREN = Children()
+
+
 def run_subprocess(job: jobs_lib.Job, output_dir: str, overwrite: bool = False) -> int:
     """Runs one job with its output on this process's stdout / stderr."""
-    return subprocess.run(train_command(job, output_dir, overwrite)).returncode
+    return CHILDREN.run(train_command(job, output_dir, overwrite))
 
 
 def run_subprocess_logged(job: jobs_lib.Job, output_dir: str, overwrite: bool = False) -> int:
     """Runs one job with its output appended to ``<output_dir>/train.log``."""
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, LOG_NAME), "a") as log_file:
-        return subprocess.run(train_command(job, output_dir, overwrite), stdout=log_file,
-                              stderr=subprocess.STDOUT).returncode
+        return CHILDREN.run(train_command(job, output_dir, overwrite), stdout=log_file,
+                            stderr=subprocess.STDOUT)
 
 
 def launch_local(jobs, output_root: str, log: Log = _LOG.info, runner=run_subprocess,
                  overwrite: bool = False) -> int:
-    return jobs_lib.launch(jobs, output_root, _runner(runner, overwrite), log=log)
+    CHILDREN.reset()
+    return jobs_lib.launch(jobs, output_root, _runner(runner, overwrite), log=log,
+                           interrupted=was_interrupted)
 
 
 def launch_local_parallel(jobs, output_root: str, max_workers: int = 2, log: Log = _LOG.info,
@@ -93,19 +174,48 @@ def launch_local_parallel(jobs, output_root: str, max_workers: int = 2, log: Log
     runner = _runner(runner, overwrite)
     if not todo:
         return 0
+    CHILDREN.reset()
 
     def one(i_job):
         i, job = i_job
+        if CHILDREN.stopping.is_set():
+            return None                                       # never started
         out = os.path.join(output_root, job.dirname())
         log(f"[{i + 1}/{len(todo)}] start {job.dirname()}")
         code = runner(job, out)
+        if was_interrupted(code) or (code != 0 and CHILDREN.stopping.is_set()):
+            CHILDREN.interrupt()              # one job interrupted: the sweep stops, as local
+            log(f"[{i + 1}/{len(todo)}] interrupted {job.dirname()} (resumes at the next "
+                f"launch)")
+            return None
         log(f"[{i + 1}/{len(todo)}] {'done' if code == 0 else 'FAILED'} {job.dirname()}"
             + ("" if code == 0 else f" (exit {code}; see {os.path.join(out, LOG_NAME)})"))
         return code
 
-    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        codes = list(pool.map(one, enumerate(todo)))
+    pool = ThreadPoolExecutor(max_workers=max(1, max_workers))
+    futures = [pool.submit(one, i_job) for i_job in enumerate(todo)]
+    try:
+        wait(futures)
+    except KeyboardInterrupt:
+        CHILDREN.interrupt()
+        pool.shutdown(wait=False, cancel_futures=True)
+        _wait_for(futures)
+        raise
+    finally:
+        pool.shutdown(wait=False)
+    codes = [f.result() for f in futures]
+    if any(c is None for c in codes):          # a job interrupted from outside (kill -INT)
+        raise KeyboardInterrupt
     return sum(code != 0 for code in codes)
+
+
+def _wait_for(futures) -> None:
+    """Waits for the interrupted jobs' threads; a second Ctrl-C kills the jobs instead."""
+    try:
+        wait([f for f in futures if not f.cancelled()])
+    except KeyboardInterrupt:
+        CHILDREN.kill()
+        wait([f for f in futures if not f.cancelled()])
 
 
 def train_job(command: list[str]) -> None:

@@ -172,7 +172,10 @@ def select(method: str, by_hparams) -> float | None:
     return max(scored)[1] if scored else None
 
 
-def mean_se(values) -> tuple[float, float]:
+def mean_and_population_se(values) -> tuple[float, float]:
+    """Mean and standard error with the population std (n in the variance), as DomainBed's
+    collect_results prints (hjax's ColoredMNIST tables use the sample std:
+    hjax.protocols.irm_cmnist.tables.mean_and_sample_se)."""
     n = len(values)
     m = sum(values) / n
     std = math.sqrt(sum((v - m) ** 2 for v in values) / n)
@@ -182,14 +185,14 @@ def mean_se(values) -> tuple[float, float]:
 def _fmt(values) -> str:
     if not values:
         return "X"
-    m, se = mean_se(values)
+    m, se = mean_and_population_se(values)
     return f"{100 * m:.1f} ± {100 * se:.1f}"
 
 
 def _fmt_latex(values) -> str:
     if not values:
         return "X"
-    m, se = mean_se(values)
+    m, se = mean_and_population_se(values)
     return f"${100 * m:.1f} \\pm {100 * se:.1f}$"
 
 

@@ -1,12 +1,17 @@
-"""The reproduction tables of README.md and docs/ from results/*/*/results.jsonl, and the
-generated blocks that hold them (behind ``python -m hjax.cli.report``; its docstring describes
-the block markers and options).
+"""The ColoredMNIST reproduction tables of README.md and docs/ (behind ``python -m
+hjax.cli.report``; the blocks that hold them are rewritten by :mod:`hjax.io.doc_blocks`).
 
 Layout read: results/<dataset or dataset_split>/<method>/results.jsonl, as the ColoredMNIST
-runs write it. A method folder is one run: a results.jsonl whose records belong to more than
+runs write it; also one dataset's folder (<method>/results.jsonl) or one run's folder (the
+results.jsonl that ``colored_mnist --output_dir`` writes). A method folder is one run: a results.jsonl whose records belong to more than
 one run (another run_id, or for records without one other settings), or that cannot be read,
 is left out with a warning rather than averaged (``hjax.io.record_checks``); each table
 names the code, libraries and devices that produced it (the records' provenance).
+
+Like for like: a run whose steps differ from the protocol's, or (for the methods with a
+published row) whose hparams differ from the published protocol's, is flagged in its row and
+kept out of the comparisons with published numbers. Standard errors here are of a mean over
+restarts: sample std (n - 1) / sqrt(n) (:func:`mean_and_sample_se`).
 """
 
 from __future__ import annotations
@@ -14,25 +19,66 @@ from __future__ import annotations
 import glob
 import math
 import os
-import re
 
 from hjax.errors import ConfigError
 from hjax.io import record_checks
 from hjax.io.provenance import describe
-from hjax.io.results import SUMMARY_COLUMNS, mean_std, read_jsonl, summary_row, write_atomic
+from hjax.io.results import SUMMARY_COLUMNS, mean_std, summary_row
+from hjax.protocols.irm_cmnist.train import METHODS, method_hparams
 
-METHOD_ORDER = ("erm", "irm", "vrex", "fishr", "hgp", "hutchinson", "hutchinson_shared",
-                "exact_diag")
+# The protocol's number of steps (the IRM / Fishr scripts'; ExperimentConfig's default).
+PROTOCOL_STEPS = 501
 # docs/protocols.md, "Published numbers": Fishr paper, Table 2 (IRM-protocol ColoredMNIST; train / test / gray test).
 PUBLISHED = {"erm": "86.4 / 14.0 / 71.0", "irm": "71.0 / 65.6 / 66.1",
              "vrex": "71.7 / 67.2 / 68.6", "fishr": "71.0 / 69.5 / 70.2"}
 # Restarts the README's protocol asks for: 10, and 5 for the label-shift tables.
 EXPECTED_RESTARTS = {"colored_mnist": 10, "colored_mnist_label_shift": 5}
-BEGIN, END = "<!-- report:begin (experiments/report.py) -->", "<!-- report:end -->"
+# A report block's marker options (hjax.io.doc_blocks) -> report() keyword arguments.
+BLOCK_OPTIONS = ("datasets", "paired")
+
+
+def block_kwargs(options: dict, where: str) -> dict:
+    """report() keyword arguments of a generated block's ``key=value`` options."""
+    out = {}
+    for key, value in options.items():
+        if key not in BLOCK_OPTIONS:
+            raise ConfigError(f"{where}: unknown report block option {key!r} "
+                             f"(known: {', '.join(BLOCK_OPTIONS)})")
+        if key == "datasets":
+            out["datasets"] = [d for d in value.split(",") if d]
+        else:
+            out["paired_baseline"] = value
+    return out
+
+
+def _results_files(results_dir):
+    """[(dataset folder name or None, method folder name or None, path)]: a results root's
+    <dataset>/<method>/results.jsonl, else a dataset folder's <method>/results.jsonl, else a
+    run folder's own results.jsonl (None: named from its records)."""
+    here = os.path.join(results_dir, "results.jsonl")
+    if os.path.lexists(here):
+        return [(None, None, here)]
+    name = os.path.basename(os.path.normpath(os.path.abspath(results_dir)))
+    one_level = sorted(glob.glob(os.path.join(results_dir, "*", "results.jsonl")))
+    if one_level:
+        return [(name, os.path.basename(os.path.dirname(p)), p) for p in one_level]
+    return [(os.path.basename(os.path.dirname(os.path.dirname(p))),
+             os.path.basename(os.path.dirname(p)), p)
+            for p in sorted(glob.glob(os.path.join(results_dir, "*", "*", "results.jsonl")))]
+
+
+def _run_dataset(record) -> str:
+    """A run's table name from its records: the dataset, its split and a TF32 suffix, as the
+    results folders are named."""
+    name = record.get("dataset", "colored_mnist")
+    if record.get("split"):
+        name += f"_{record['split']}"
+    return name + (TF32_SUFFIX if record.get("matmul") == "tf32" else "")
 
 
 def collect(results_dir, problems: list | None = None):
-    """{dataset: {method: records}} for every usable results.jsonl under ``results_dir``.
+    """{dataset: {method: records}} for every usable results.jsonl under ``results_dir``
+    (a results root, one dataset's folder, or one run's folder).
 
     A file that cannot be used (unreadable, not JSON lines, a record missing a field the
     tables need, records of more than one run; ``hjax.io.record_checks``) is left out and one
@@ -41,14 +87,14 @@ def collect(results_dir, problems: list | None = None):
     if not os.path.isdir(results_dir):
         raise ConfigError(f"--results_dir={results_dir!r} is not a directory")
     found = {}
-    for path in sorted(glob.glob(os.path.join(results_dir, "*", "*", "results.jsonl"))):
-        dataset = os.path.basename(os.path.dirname(os.path.dirname(path)))
-        method = os.path.basename(os.path.dirname(path))
+    for dataset, method, path in _results_files(results_dir):
         records, problem = record_checks.load(path, "colored_mnist")
         if problem:
             if problems is not None:
                 problems.append(problem)
             continue
+        if dataset is None:
+            dataset, method = _run_dataset(records[0]), records[0].get("method", "run")
         found.setdefault(dataset, {})[method] = records
     return found
 
@@ -66,7 +112,7 @@ def provenance_line(runs) -> str:
 
 
 def _order(methods):
-    return sorted(methods, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m))
+    return sorted(methods, key=lambda m: (METHODS.index(m) if m in METHODS else 99, m))
 
 
 # Folder suffix of the runs kept from before the test-domain fix, e.g.
@@ -99,6 +145,24 @@ def test_domain(records) -> str:
     return domains.pop() if len(domains) == 1 else "mixed: " + ", ".join(sorted(domains))
 
 
+def protocol_differences(records, method: str | None, hparams: bool) -> list[str]:
+    """What a run's records set otherwise than the protocol: steps, and with ``hparams`` the
+    hparams of ``method``'s published protocol (``method_hparams``); e.g. ["steps 20
+    (protocol: 501)"]. Fields a record does not carry (older records) are not compared."""
+    out = []
+    steps = {r["steps"] for r in records if "steps" in r}
+    if steps - {PROTOCOL_STEPS}:
+        out.append(f"steps {', '.join(map(str, sorted(steps)))} (protocol: {PROTOCOL_STEPS})")
+    if hparams and method in METHODS:
+        expected = method_hparams(method)
+        for name in sorted(expected):
+            got = {repr(r["hparams"][name]) for r in records
+                   if isinstance(r.get("hparams"), dict) and name in r["hparams"]}
+            if got - {repr(expected[name])}:
+                out.append(f"{name} {', '.join(sorted(got))} (protocol: {expected[name]!r})")
+    return out
+
+
 def dataset_table(dataset, runs, expected):
     lines = [f"**{dataset}** (produced by: {provenance_line(runs)})", "",
              "| method | train acc | test acc | gray test acc | restarts | step time | "
@@ -112,14 +176,23 @@ def dataset_table(dataset, runs, expected):
         restarts = row["restarts"]
         if expected and len(records) < expected:
             restarts += f" (incomplete: {len(records)} of {expected} run)"
-        published = PUBLISHED.get(method, "") if protocol_of(dataset) == "colored_mnist" else ""
+        published_row = method in PUBLISHED and protocol_of(dataset) == "colored_mnist"
+        differs = protocol_differences(records, method, hparams=published_row)
+        if differs:
+            restarts += f" (not the protocol: {'; '.join(differs)})"
+        published = ""
+        if published_row:
+            published = PUBLISHED[method] if not differs else "not comparable (see restarts)"
         lines.append(f"| {method} | {row['train_acc']} | {row['test_acc']} | "
                      f"{row['gray_test_acc']} | {restarts} | {step:.2f} s | "
                      f"{test_domain(records)} | {published} |")
     return "\n".join(lines) + "\n"
 
 
-def _mean_se(values):
+def mean_and_sample_se(values) -> tuple[float, float]:
+    """Mean and standard error of the mean with the sample std (n - 1 in the variance),
+    which these tables print (DomainBed's tables use the population std:
+    hjax.protocols.domainbed.selection.mean_and_population_se)."""
     m = sum(values) / len(values)
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
 
@@ -135,26 +208,37 @@ def _distance(d, se):
     return f"{(d if round(d, 1) else 0.0):+.1f} ± {se:.1f}", abs(round(d, 1)) <= round(se, 1)
 
 
+def _distance_cells(items) -> tuple[list[str], str]:
+    """(cells, the columns within one s.e., or "none") of [(column title, distance, s.e.,
+    text after the cell)]."""
+    cells, within = [], []
+    for title, d, se, suffix in items:
+        cell, near = _distance(d, se)
+        cells.append(cell + suffix)
+        if near:
+            within.append(title.replace(" acc", ""))
+    return cells, ", ".join(within) or "none"
+
+
 def published_table(runs) -> str:
     """Each method with a published row: our mean minus the published mean, in points, ± the
     standard error of our mean (sample std / sqrt(n)), and which columns lie within one
-    standard error. Methods with fewer than 2 finished restarts are left out."""
+    standard error. Methods with fewer than 2 finished restarts, or run with other settings
+    than the published protocol's (steps, hparams), are left out."""
     rows = []
     for method in _order(runs):
-        if method not in PUBLISHED:
+        if method not in PUBLISHED or protocol_differences(runs[method], method, hparams=True):
             continue
         ok = [r for r in runs[method] if r["status"] == "ok"]
         if len(ok) < 2:
             continue
-        cells, within = [], []
+        items = []
         for (key, title), pub in zip(SUMMARY_COLUMNS, _published(method)):
-            m, se = _mean_se([100 * r[key] for r in ok])
-            cell, near = _distance(m - pub, se)
-            cells.append(cell)
-            if near:
-                within.append(title.replace(" acc", ""))
+            m, se = mean_and_sample_se([100 * r[key] for r in ok])
+            items.append((title, m - pub, se, ""))
+        cells, within = _distance_cells(items)
         rows.append(f"| {method} | " + " | ".join(cells) + f" | {len(ok)} | "
-                    f"{', '.join(within) or 'none'} | {test_domain(runs[method])} |")
+                    f"{within} | {test_domain(runs[method])} |")
     if not rows:
         return ""
     return "\n".join([
@@ -182,9 +266,7 @@ def paired_differences(records, baseline_records):
     out = {}
     for key, _ in SUMMARY_COLUMNS:
         d = [100 * (a[key] - b[key]) for a, b in pairs]
-        m = sum(d) / len(d)
-        se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
-        out[key] = (m, se, len(d))
+        out[key] = (*mean_and_sample_se(d), len(d))
     return out
 
 
@@ -216,25 +298,25 @@ def published_gap_table(runs, baseline="erm") -> str:
     paired mean difference minus the published difference of the two rows, ± the standard
     error of the paired mean. The shared data draws cancel in the pairing, so this tests the
     methods' gaps rather than the level both inherit from a run's draws."""
-    if baseline not in runs or baseline not in PUBLISHED:
+    if baseline not in runs or baseline not in PUBLISHED or protocol_differences(
+            runs[baseline], baseline, hparams=True):
         return ""
     base_pub = _published(baseline)
     rows = []
     for method in _order(runs):
-        if method == baseline or method not in PUBLISHED:
+        if (method == baseline or method not in PUBLISHED
+                or protocol_differences(runs[method], method, hparams=True)):
             continue
         diff = paired_differences(runs[method], runs[baseline])
         if diff is None:
             continue
-        cells, within = [], []
+        items = []
         for (key, title), p, b in zip(SUMMARY_COLUMNS, _published(method), base_pub):
             m, se, _ = diff[key]
-            cell, near = _distance(m - (p - b), se)
-            cells.append(f"{cell} ({m:+.1f} vs {p - b:+.1f})")
-            if near:
-                within.append(title.replace(" acc", ""))
+            items.append((title, m - (p - b), se, f" ({m:+.1f} vs {p - b:+.1f})"))
+        cells, within = _distance_cells(items)
         rows.append(f"| {method} | " + " | ".join(cells) + f" | {diff['test_acc'][2]} | "
-                    f"{', '.join(within) or 'none'} |")
+                    f"{within} |")
     if not rows:
         return ""
     return "\n".join([
@@ -282,94 +364,3 @@ def report(results_dir, expected=None, paired_baseline="fishr", datasets=None,
             "seconds per training step on the machine that ran it.\n\n" + "\n".join(parts))
 
 
-INCLUDE = re.compile(r"(<!-- include:begin (\S+) -->\n)(.*?)(<!-- include:end -->)", re.S)
-
-
-HEADING = re.compile(r"^(#+) ", re.M)
-INCLUDED_TOP_LEVEL = 4      # an included file's top heading becomes a README "####"
-
-
-def demote_headings(text: str) -> str:
-    """Shift the file's Markdown headings so that its top level is INCLUDED_TOP_LEVEL (a
-    standalone file's "# Title" must not become a top-level README section)."""
-    levels = [len(h) for h in HEADING.findall(text)]
-    if not levels:
-        return text
-    shift = max(0, INCLUDED_TOP_LEVEL - min(levels))
-    return HEADING.sub(lambda m: "#" * min(6, len(m.group(1)) + shift) + " ", text)
-
-
-def refresh_includes(content: str, root: str, name: str = "README") -> str:
-    """Every include block replaced by its file's text, headings demoted (a missing file is
-    an error)."""
-    def fill(m):
-        path = os.path.join(root, m.group(2))
-        if not os.path.exists(path):
-            raise ConfigError(f"{name} includes {m.group(2)}, which does not exist")
-        with open(path) as f:
-            text = demote_headings(f.read())
-        return m.group(1) + text + ("" if text.endswith("\n") else "\n") + m.group(4)
-    return INCLUDE.sub(fill, content)
-
-
-GENERATED = re.compile(r"(<!-- report:begin((?: [a-z_]+=\S*)*) \(experiments/report\.py\) -->)"
-                       r"\n?(.*?)(<!-- report:end -->)", re.S)
-BLOCK_OPTIONS = ("datasets", "paired")
-
-
-def block_options(options: str, name: str) -> dict:
-    """``key=value`` words of a generated block's marker -> report() keyword arguments."""
-    out = {}
-    for word in options.split():
-        key, value = word.split("=", 1)
-        if key not in BLOCK_OPTIONS:
-            raise ConfigError(f"{name}: unknown report block option {key!r} "
-                             f"(known: {', '.join(BLOCK_OPTIONS)})")
-        if key == "datasets":
-            out["datasets"] = [d for d in value.split(",") if d]
-        else:
-            out["paired_baseline"] = value
-    return out
-
-
-def refresh_file(path, make_table, require_block=True):
-    """Rewrite ``path``'s generated blocks with ``make_table(**options)`` and its include
-    blocks with their files' text. Returns whether the file held a generated block."""
-    try:
-        with open(path) as f:
-            content = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path} cannot be read ({e.strerror})") from None
-    name = os.path.basename(path) if require_block else path
-    found = bool(GENERATED.search(content))
-    if require_block and not found:
-        raise ConfigError(f"{path} has no generated block ({BEGIN} ... {END})")
-    content = GENERATED.sub(
-        lambda m: f"{m.group(1)}\n{make_table(**block_options(m.group(2), name))}{m.group(4)}",
-        content)
-    content = refresh_includes(content, os.path.dirname(os.path.abspath(path)), name)
-    write_atomic(path, content)
-    return found
-
-
-def doc_pages(readme, patterns):
-    """The Markdown files that ``patterns`` (globs relative to the README's folder) name."""
-    root = os.path.dirname(os.path.abspath(readme))
-    pages = []
-    for pattern in patterns:
-        for path in sorted(glob.glob(os.path.join(root, pattern))):
-            if os.path.abspath(path) != os.path.abspath(readme) and path not in pages:
-                pages.append(path)
-    return pages
-
-
-def update_readme(readme, text, make_table=None, docs=()):
-    """Rewrite the README's generated blocks (and each docs page's) and their includes.
-
-    ``make_table(**options)`` builds a block's table from its marker's options; without it
-    every block gets ``text``.
-    """
-    make = make_table or (lambda **_: text)
-    refresh_file(readme, make)
-    for page in doc_pages(readme, docs):
-        refresh_file(page, make, require_block=False)
