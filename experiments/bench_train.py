@@ -29,7 +29,7 @@ from absl import flags
 from hjax.cli import exit_usage, parse_flags
 
 from hjax import data
-from hjax.protocols import sharding
+from hjax.data import sharding
 from hjax.protocols.irm_cmnist import train
 from hjax.models import irm_mlp
 from hjax.io.provenance import machine_line

@@ -67,6 +67,23 @@ def test_launch_is_idempotent_and_delete_incomplete_removes_only_unfinished(tmp_
     assert jobs_lib.status_counts(jobs, str(tmp_path))["not_launched"] == 1
 
 
+def test_a_job_claimed_by_a_live_process_is_skipped_not_run_twice_nor_deleted(tmp_path):
+    from hjax.protocols.runs.claim import FolderClaim
+    jobs = jobs_lib.make_jobs([DS], ["erm"], n_hparams=1, n_trials=1)[:2]
+    busy = str(tmp_path / jobs[0].dirname())
+    calls, lines = [], []
+    with FolderClaim(busy):            # another launch (a re-submitted array) is running it
+        assert jobs_lib.job_state(str(tmp_path), jobs[0]) == "running"
+        assert jobs_lib.status_counts(jobs, str(tmp_path))["running"] == 1
+        jobs_lib.launch(jobs, str(tmp_path), lambda job, out: calls.append(job) or 0,
+                        log=lines.append)
+        assert calls == [jobs[1]]
+        assert any("being run by another process" in line for line in lines)
+        assert jobs_lib.delete_incomplete(jobs, str(tmp_path)) == 0
+        assert os.path.isdir(busy)
+    assert jobs_lib.job_state(str(tmp_path), jobs[0]) == "incomplete"     # released
+
+
 def test_a_done_marker_of_another_job_is_not_done_and_is_never_deleted(tmp_path):
     jobs = jobs_lib.make_jobs([DS], ["erm"], n_hparams=1, n_trials=1, extra={"steps": 3})
     out = [str(tmp_path / j.dirname()) for j in jobs]

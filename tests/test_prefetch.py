@@ -48,7 +48,8 @@ def test_prefetch_closes_early_without_hanging():
 def test_two_devices_split_the_batch_axis_and_keep_the_values():
     script = textwrap.dedent("""
         import jax, numpy as np
-        from hjax.data.images.prefetch import batch_sharding, prefetch_to_device, replicated
+        from hjax.data.images.prefetch import batch_sharding, prefetch_to_device
+        from hjax.data.sharding import replicate
         from hjax.data.images import device_transforms as D
         assert jax.device_count() == 2
         s = batch_sharding(4)
@@ -59,14 +60,14 @@ def test_two_devices_split_the_batch_axis_and_keep_the_values():
                 for _ in range(3)]
         fn = jax.jit(lambda c, hw: D.augment_batch(3, 1, c, hw, 8))
         for (c, hw, y), (dc, dhw, dy) in zip(host, prefetch_to_device(iter(host), sharding=s)):
-            assert dc.sharding.spec == jax.sharding.PartitionSpec(None, "batch"), dc.sharding
+            assert dc.sharding.spec == jax.sharding.PartitionSpec(None, "data"), dc.sharding
             assert len(dc.addressable_shards) == 2
             assert dc.addressable_shards[0].data.shape == (2, 2, 20, 20, 3)
             np.testing.assert_array_equal(np.asarray(dc), c)
             np.testing.assert_array_equal(np.asarray(dy), y)
             one = fn(jax.device_put(c, jax.devices()[0]), jax.device_put(hw, jax.devices()[0]))
             np.testing.assert_allclose(np.asarray(fn(dc, dhw)), np.asarray(one), atol=1e-5)
-        r = replicated({"w": np.ones(3)}, s)["w"]
+        r = replicate(s.mesh, {"w": np.ones(3)})["w"]
         assert len(r.addressable_shards) == 2 and r.sharding.is_fully_replicated
         print("ok")
     """)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hjax import data
-from hjax.protocols import sharding
+from hjax.data import sharding
 from hjax.protocols.irm_cmnist import config as cm_config
 from hjax.protocols.irm_cmnist import loop, train
 from hjax.protocols.irm_cmnist.experiment import Callbacks, ExperimentConfig, run_experiment

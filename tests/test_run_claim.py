@@ -105,3 +105,32 @@ def test_a_domainbed_job_into_a_folder_being_written_exits_2(tmp_path, cli):
                    "--steps=2", "--width_multiplier=0.25", f"--output_dir={out}")
     assert proc.returncode == 2 and "is being written by another run" in proc.stderr
     assert not (out / "results.jsonl").exists()
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_takes_effect_once_it_is_written(tmp_path,
+                                                                              monkeypatch):
+    import signal
+
+    import numpy as np
+
+    from hjax.protocols.runs import checkpoint
+    real = checkpoint._manager
+
+    def interrupted_manager(folder):
+        ocp, manager = real(folder)
+        save = manager.save
+
+        def save_then_interrupt(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)        # Ctrl-C in the middle of the save
+            return save(*args, **kwargs)
+        manager.save = save_then_interrupt
+        return ocp, manager
+
+    monkeypatch.setattr(checkpoint, "_manager", interrupted_manager)
+    state = {"w": np.arange(3.0)}
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(str(tmp_path), 4, state, {"records": [1]})
+    monkeypatch.setattr(checkpoint, "_manager", real)
+    restored, meta = checkpoint.load(str(tmp_path), state)
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert meta == {"records": [1]}

@@ -88,7 +88,7 @@ def test_injected_nan_marks_the_restart_diverged_and_goes_on(tmp_path, cli):
 MULTI_DEVICE = r"""
 import jax, numpy as np
 from hjax import data
-from hjax.protocols import sharding
+from hjax.data import sharding
 from hjax.protocols.irm_cmnist import loop, train
 from hjax.models import irm_mlp
 info = data.dataset_info("colored_mnist")

@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from hjax import data
 from hjax.core import linear_head
-from hjax.protocols import sharding
+from hjax.data import sharding
 from hjax.protocols.irm_cmnist import loop, train
 from hjax.analysis.alignment_tracking import TRACKED_KEYS, AlignmentTracker, difference_operators
 from hjax.models import irm_mlp

@@ -3,7 +3,7 @@
 batches in flight.
 
 Several devices: :func:`batch_sharding` splits the batch axis over all of them (a 1-D mesh),
-and :func:`replicated` copies the train state to each, so the jitted step runs data-parallel
+and :func:`hjax.data.sharding.replicate` copies the train state to each, so the jitted step runs data-parallel
 (XLA partitions it; the results are those of one device, to float rounding). One device:
 plain ``device_put`` to it.
 
@@ -22,6 +22,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hjax.data.sharding import DATA_AXIS
+
 _END = object()
 
 
@@ -33,15 +35,8 @@ def batch_sharding(batch_axis_size: int, axis: int = 1, ndim: int | None = None,
     if len(devices) < 2 or batch_axis_size % len(devices):
         return None
     spec = [None] * (axis + 1)
-    spec[axis] = "batch"
-    return NamedSharding(Mesh(np.asarray(devices), ("batch",)), PartitionSpec(*spec))
-
-
-def replicated(tree, sharding: NamedSharding | None):
-    """``tree`` copied to every device of ``sharding``'s mesh (unchanged when None)."""
-    if sharding is None:
-        return tree
-    return jax.device_put(tree, NamedSharding(sharding.mesh, PartitionSpec()))
+    spec[axis] = DATA_AXIS
+    return NamedSharding(Mesh(np.asarray(devices), (DATA_AXIS,)), PartitionSpec(*spec))
 
 
 class DevicePrefetch:

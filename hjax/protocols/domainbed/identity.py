@@ -28,7 +28,7 @@ from hjax.io.results import read_jsonl
 from hjax.protocols.domainbed.config import RunConfig, job_run_config, resolve_hparams
 from hjax.protocols.runs import folder as run_folder
 from hjax.protocols.runs.checkpoint import CHECKPOINT_DIR
-from hjax.protocols.runs.claim import CLAIM_NAME
+from hjax.protocols.runs.claim import CLAIM_NAME, live_holder
 
 _LOG = logging.getLogger("hjax")
 PROTOCOL = "domainbed"
@@ -173,6 +173,5 @@ def sweep_job_identity(job, output_dir: str) -> dict:
 
 def job_claimed(output_dir: str) -> bool:
     """Whether a live process is writing ``output_dir`` (a sweep leaves such a job alone)."""
-    from hjax.protocols.runs.claim import live_holder
-    return os.path.exists(os.path.join(output_dir, CLAIM_NAME)) and \
-        live_holder(output_dir) is not None
+    return (os.path.exists(os.path.join(output_dir, CLAIM_NAME))
+            and live_holder(output_dir) is not None)

@@ -163,27 +163,38 @@ def make_jobs(datasets: Sequence[str], algorithms: Sequence[str], n_hparams: int
 
 
 def job_state(output_root: str, job: Job | VmapGroup) -> str:
-    """"done" (a done marker of this job's run identity), "incomplete" (a directory without
-    one: unfinished, or holding another identity, which ``domainbed_train`` then refuses
-    unless --overwrite) or "not_launched".
+    """"done" (a done marker of this job's run identity), "running" (not done, and its
+    folder claimed by a live process: hjax.protocols.runs.claim), "incomplete" (a directory
+    without a done marker: unfinished, or holding another identity, which
+    ``domainbed_train`` then refuses unless --overwrite) or "not_launched".
 
     A plain-text done marker of an earlier version counts as done when the records of its
     results.jsonl carry this job's ``args`` and ``hparams``
     (:func:`hjax.protocols.domainbed.identity.legacy_done_matches`)."""
     if isinstance(job, VmapGroup):
         states = {job_state(output_root, j) for j in job.jobs}
+        if "running" in states:
+            return "running"
         return (states.pop() if len(states) == 1 else "incomplete")
-    from hjax.protocols.domainbed.identity import job_is_done
+    from hjax.protocols.domainbed.identity import job_claimed, job_is_done
     path = os.path.join(output_root, job.dirname())
     if job_is_done(job, path):
         return "done"
-    return "incomplete" if os.path.isdir(path) else "not_launched"
+    if not os.path.isdir(path):
+        return "not_launched"
+    return "running" if job_claimed(path) else "incomplete"
+
+
+# The states a sweep leaves alone: finished, or being run by another live process (a job
+# re-launched while the first launch still runs it, a re-submitted Slurm array).
+SKIPPED_STATES = ("done", "running")
 
 
 def status_counts(jobs: Sequence[Job], output_root: str) -> dict[str, int]:
     counts = {"done": 0, "incomplete": 0, "not_launched": 0}
     for job in jobs:
-        counts[job_state(output_root, job)] += 1
+        state = job_state(output_root, job)
+        counts[state] = counts.get(state, 0) + 1      # "running" only when there are some
     return counts
 
 
@@ -197,7 +208,12 @@ def launch(jobs: Sequence[Job], output_root: str, runner, log=_LOG.info,
     """
     failed = 0
     for i, job in enumerate(jobs):
-        if job_state(output_root, job) == "done":
+        state = job_state(output_root, job)
+        if state == "done":
+            continue
+        if state == "running":
+            log(f"[{i + 1}/{len(jobs)}] {job.dirname()}: being run by another process "
+                "(its folder is claimed); skipped")
             continue
         log(f"[{i + 1}/{len(jobs)}] {job.dirname()}")
         try:

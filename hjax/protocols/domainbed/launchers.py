@@ -71,8 +71,8 @@ def _runner(runner, overwrite: bool):
 
 
 def pending(jobs: Sequence[jobs_lib.Job], output_root: str) -> list[jobs_lib.Job]:
-    """The jobs without a done marker, in order."""
-    return [j for j in jobs if jobs_lib.job_state(output_root, j) != "done"]
+    """The jobs neither done nor being run by another live process, in order."""
+    return [j for j in jobs if jobs_lib.job_state(output_root, j) not in jobs_lib.SKIPPED_STATES]
 
 
 # A job's exit codes that mean it was interrupted (Ctrl-C: 130 from its handler, or killed by

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hjax.data import sharding as data_sharding
 from hjax.data.images import (IMAGE_DATASETS, image_data_dir, load_image_dataset,
                               split_in_out)
 from hjax.data.weights import resolve_pretrained
@@ -206,7 +207,14 @@ def image_program(config: RunConfig, hp: dict, model, data: ImageJobData,
 
     return MemberProgram(lambda states: step(states, *next(batches)),
                          _single_accuracies(evaluate, data.num_envs),
-                         lambda states: prefetch.replicated(states, sharding), batches.close)
+                         lambda states: _replicate_over(states, sharding), batches.close)
+
+
+def _replicate_over(states, batch_sharding):
+    """The states copied to every device the batches are split over (unchanged on one)."""
+    if batch_sharding is None:
+        return states
+    return data_sharding.replicate(batch_sharding.mesh, states)
 
 
 def _eval_batch(config: RunConfig, data: ImageJobData) -> int:

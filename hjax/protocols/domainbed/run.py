@@ -107,6 +107,11 @@ def run(config: RunConfig, log: Callable[[str], None] = _LOG.info,
         state, records = initial_state(config, hp, identity, model, data, log)
         m = Member(config, hp, identity, data, records)
         _log_penalty_note(m, log)
+        if config.is_image_dataset and not config.pretrained:
+            log(f"note: {os.path.basename(os.path.normpath(config.output_dir))}: the ResNet "
+                "starts from random weights (no --pretrained): smoke-test numbers, not "
+                "comparable with DomainBed's ImageNet-initialised results "
+                "(--pretrained=imagenet fetches those weights)")
         program = job_program(config, hp, model, data, int(state.step))
         try:
             train_members([m], program, program.place(stack([state])),

@@ -244,7 +244,8 @@ def plan_groups(jobs, output_root: str, max_group: int | None = None,
                 batching: str = "auto"):
     """The jobs not done yet, as ``VmapGroup``s of one shape (at most ``max_group`` each)."""
     from hjax.protocols.domainbed import jobs as jobs_lib
-    todo = [j for j in jobs if jobs_lib.job_state(output_root, j) != "done"]
+    todo = [j for j in jobs
+            if jobs_lib.job_state(output_root, j) not in jobs_lib.SKIPPED_STATES]
     configs = [job_config(j, os.path.join(output_root, j.dirname())) for j in todo]
     hps = [resolve_hparams(c) for c in configs]
     return [jobs_lib.VmapGroup(tuple(todo[i] for i in members), batching)

@@ -24,7 +24,7 @@ from hjax.io import params_io
 from hjax.io.results import summary_table, write_atomic, write_jsonl
 from hjax.io.run_identity import IdentityClash
 from hjax.models import irm_mlp
-from hjax.protocols import sharding
+from hjax.data import sharding
 from hjax.protocols.irm_cmnist import identity, loop
 from hjax.protocols.irm_cmnist.config import (TEST_DOMAIN, ExperimentConfig, data_seed,
                                               resolve_restart_batching, validate)

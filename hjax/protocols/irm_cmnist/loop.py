@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hjax.data import irm_draws
-from hjax.protocols import sharding
+from hjax.data import sharding
 from hjax.protocols.irm_cmnist import train
 from hjax.protocols.runs import checkpoint as run_checkpoint
 from hjax.protocols.runs.members import member, over_members, stack

@@ -21,7 +21,7 @@ import optax
 from hjax.core.linear_head import domain_accuracies, domain_losses
 from hjax.models import Model
 from hjax.objectives import IRM_SCRIPT_FORM, Inputs, get_objective
-from hjax.protocols import sharding
+from hjax.data import sharding
 from hjax.protocols.runs.state import TrainState
 
 # Re-exported: the protocol's methods and defaults live in its config module.

@@ -25,7 +25,7 @@ from hjax.errors import ConfigError, check_choice, check_positive, ensure_writab
 from hjax.io import params_io, plotting, record_checks
 from hjax.io.results import read_jsonl, write_atomic, write_jsonl
 from hjax.models import irm_mlp
-from hjax.protocols import sharding
+from hjax.data import sharding
 from hjax.protocols.irm_cmnist import loop, train
 from hjax.protocols.irm_cmnist.config import TEST_DOMAIN, data_seed
 

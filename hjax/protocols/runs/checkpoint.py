@@ -10,8 +10,11 @@ complete, so a kill leaves the previous checkpoint intact).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -24,10 +27,28 @@ def _manager(folder: str):
                                              enable_async_checkpointing=False))
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """Ctrl-C while a checkpoint is written takes effect once it is written: an interrupt
+    inside orbax's save leaves its worker threads running into interpreter shutdown (a
+    traceback after the command's own one line)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def save(folder: str, step: int, state, meta: dict) -> None:
     """Saves ``state`` and ``meta`` (JSON-able) as step ``step`` (updates done)."""
     ocp, manager = _manager(folder)
-    with manager:
+    with _ctrl_c_deferred(), manager:
         manager.save(int(step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         manager.wait_until_finished()
