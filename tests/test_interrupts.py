@@ -33,17 +33,29 @@ def _checkpointed(job_glob: str) -> bool:
                for name in os.listdir(path))
 
 
+def _as_from_a_shell() -> None:
+    """A command a shell starts takes Ctrl-C: SIGINT's default action, unblocked, whatever
+    this test process (a pytest-xdist worker) inherited or set."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _interrupt_after_first_checkpoint(cmd, job_glob: str, timeout: float = 300):
     """Starts ``cmd``, sends SIGINT to its process group once a job folder matching
     ``job_glob`` has a complete checkpoint, and returns (returncode, stdout, stderr)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_as_from_a_shell)
     deadline = time.time() + timeout
     while not _checkpointed(job_glob) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     assert proc.poll() is None, "the command ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:          # never leave it running
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"no exit within 120 s of SIGINT:\n{out[-2000:]}\n{err[-2000:]}")
     return proc.returncode, out, err
 
 
@@ -68,7 +80,8 @@ def test_ctrl_c_on_a_sweep_reports_its_jobs_interrupted_and_status_reads_the_fol
         tmp_path, cli):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "hjax.cli.sweep", "launch", f"--output_dir={sweep}",
-           "--launcher=local_parallel", "--fake_data", "--steps=5000", "--checkpoint_freq=4999",
+           "--launcher=local_parallel", "--fake_data", "--steps=1000000",
+           "--checkpoint_freq=999999",     # no job can end before the Ctrl-C
            "--width_multiplier=0.25", "--batch_size=8", "--n_trials=1", "--n_hparams=1",
            "--algorithms=erm", "--datasets=domainbed_colored_mnist"]
     code, out, err = _interrupt_after_first_checkpoint(cmd, str(sweep / "*"))
