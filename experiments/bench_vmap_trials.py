@@ -104,7 +104,7 @@ def main(argv=None):
                                   (states[0], datas[0].train))}
     for t in sizes:
         args = (stack(states[:t]), vmapped._stack_train(datas[:t]),
-                jnp.arange(t, dtype=jnp.int32), vmapped._hp_arrays([hp] * t, dynamic),
+                jnp.arange(t, dtype=jnp.int32), vmapped.hp_arrays([hp] * t, dynamic),
                 jnp.stack([base_key(i) for i in range(t)]))
         for batching in FLAGS.batchings:
             step = vmapped.make_group_step(FLAGS.algorithm, model, static, batching)

@@ -75,6 +75,10 @@ flags.DEFINE_enum("augment", D("augment"), list(config.AUGMENT_ON),
                   "PIL reference)")
 flags.DEFINE_bool("decoded_cache", D("decoded_cache"), "image datasets: decode PACS/VLCS/"
                   "OfficeHome/TerraIncognita once into <data_dir>/hjax_decoded (memory-mapped)")
+flags.DEFINE_enum("data_on_device", D("data_on_device"), list(config.DATA_ON_DEVICE),
+                  "image datasets: hold the decoded cache on the device(s) and gather each "
+                  "step's batch there (the host sends indices only): auto = when it fits in "
+                  "half the free device memory (said at the start); off = the host pipeline")
 flags.DEFINE_string("vmap_jobs", None, "a job-list file written by sweep.py --vmap_trials: "
                     "train those jobs as one vmapped program (other flags are ignored)")
 
@@ -83,7 +87,7 @@ SETTINGS = ("dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed", "
             "checkpoint_freq", "output_dir", "batch_size", "lr", "hparams", "holdout_fraction",
             "width_multiplier", "fake_data", "stop_after_step", "data_dir", "arch",
             "image_size", "dtype", "pretrained", "workers", "overwrite", "progress", "augment",
-            "decoded_cache")
+            "decoded_cache", "data_on_device")
 
 
 def config_from_flags(f):

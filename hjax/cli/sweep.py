@@ -110,6 +110,8 @@ flags.DEFINE_integer("image_size", None, "train.py --image_size (image datasets)
 flags.DEFINE_string("dtype", None, "train.py --dtype (float32 | bfloat16)")
 flags.DEFINE_string("pretrained", None, "train.py --pretrained (torchvision ResNet weights)")
 flags.DEFINE_integer("workers", None, "train.py --workers (input-pipeline processes per job)")
+flags.DEFINE_string("data_on_device", None, "train.py --data_on_device (image datasets: "
+                    "auto | on | off)")
 flags.DEFINE_bool("overwrite", False, "launch: jobs not done with their own run identity "
                   "move another job's files in their folder aside (train.py --overwrite) "
                   "instead of failing; jobs done with their identity are still skipped")
@@ -135,7 +137,7 @@ def apply_preset(f) -> None:
 # The flags that make a sweep's job list: what sweep.json saves for each launch.
 SETTINGS = ("datasets", "algorithms", "n_hparams", "n_hparams_from", "n_trials", "with_pairs",
             "steps", "checkpoint_freq", "width_multiplier", "batch_size", "fake_data",
-            "data_dir", "arch", "image_size", "dtype", "pretrained", "workers")
+            "data_dir", "arch", "image_size", "dtype", "pretrained", "workers", "data_on_device")
 
 
 def launch_settings(f) -> dict:
@@ -192,17 +194,13 @@ def build_jobs(f):
         if a not in ALGORITHMS:
             raise UsageError(f"--algorithms: {a!r} is not valid; choose from: "
                              f"{', '.join(ALGORITHMS)}")
-    from hjax.data.images import IMAGE_DATASET_NAMES
-    if f.vmap_trials and set(f.datasets) & set(IMAGE_DATASET_NAMES):
-        raise UsageError("--vmap_trials is for the MNIST datasets; image datasets run one job "
-                         "per process (their batches come from the host input pipeline)")
     if f.single_test_envs and f.with_pairs:
         raise UsageError("--single_test_envs and --with_pairs exclude each other")
     if f.n_trials < 1 or not 0 <= f.n_hparams_from < f.n_hparams:
         raise UsageError("need --n_trials >= 1 and 0 <= --n_hparams_from < --n_hparams")
     extra = {k: getattr(f, k) for k in ("steps", "checkpoint_freq", "width_multiplier",
                                          "batch_size", "data_dir", "arch", "image_size",
-                                         "dtype", "pretrained", "workers")
+                                         "dtype", "pretrained", "workers", "data_on_device")
              if getattr(f, k) is not None}
     if f.fake_data:
         extra["fake_data"] = "true"

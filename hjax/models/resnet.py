@@ -89,14 +89,15 @@ class ResNet(nn.Module):
     """NHWC images -> [n, 512 | 2048] float32 features (before the dropout and the head).
 
     ``train=True`` only switches the dropout on (it needs a ``"dropout"`` rng); BatchNorm is
-    frozen either way.
+    frozen either way. ``rate`` overrides ``dropout`` with a traced value (vmapped trials of
+    different ``resnet_dropout``; the same draws as ``dropout`` at an equal rate).
     """
     arch: str = "resnet50"
     dropout: float = 0.0
     dtype: Any = jnp.float32      # compute dtype (e.g. bfloat16); params stay float32
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, rate=None):
         kind, stages = _arch(self.arch)
         x = nn.relu(_bn("bn1", self.dtype)(_conv(64, 7, 2, "conv1", self.dtype)(x)))
         # Flax pads max_pool with -inf, as PyTorch's MaxPool2d does.
@@ -107,7 +108,24 @@ class ResNet(nn.Module):
                 x = Block(kind, width, stride, self.dtype, name=f"layer{s}_{b}")(x)
         # Pool in float32 and return float32: the head and its curvature stay in float32.
         z = jnp.mean(x.astype(jnp.float32), axis=(-3, -2))
-        return nn.Dropout(self.dropout)(z, deterministic=not train or self.dropout == 0.0)
+        if rate is None:
+            rate = self.dropout
+        return Dropout()(z, rate, deterministic=not train or self.dropout == 0.0)
+
+
+class Dropout(nn.Module):
+    """flax's ``nn.Dropout`` with the rate a call argument that may be traced: the same rng
+    (the module keeps nn.Dropout's auto-name, Dropout_0), the same mask and scaling at an
+    equal rate, and at rate 0 the identity (a Bernoulli(1) mask keeps everything)."""
+
+    @nn.compact
+    def __call__(self, x, rate, deterministic: bool):
+        if deterministic:
+            return x
+        # A Python rate gives nn.Dropout's (float64) keep probability; a traced one float32's.
+        keep = 1.0 - rate if isinstance(rate, (int, float)) else 1.0 - rate.astype(x.dtype)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+        return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
 def initial_batch_stats(featurizer: ResNet) -> dict:
@@ -145,21 +163,24 @@ class ResNetModel(Model):
         c_params = self.classifier.init(kc, z)["params"]["Dense_0"]
         return {"featurizer": f_params, "classifier": c_params}
 
-    def _apply_featurizer(self, f_params, images, dropout_key=None):
+    def _apply_featurizer(self, f_params, images, dropout_key=None, dropout_rate=None):
         variables = {"params": f_params, "batch_stats": self.batch_stats}
         if dropout_key is None:
             return self.featurizer.apply(variables, images)
-        return self.featurizer.apply(variables, images, train=True, rngs={"dropout": dropout_key})
+        return self.featurizer.apply(variables, images, train=True, rate=dropout_rate,
+                                     rngs={"dropout": dropout_key})
 
-    def features(self, params, images, *, dropout_key=None):
+    def features(self, params, images, *, dropout_key=None, dropout_rate=None):
         """[n, 512 | 2048] features. No dropout unless ``dropout_key`` is given (training
-        with ``resnet_dropout`` > 0: pass a fresh key per step); ``features(params, images)``
-        is deterministic, so evaluation and every existing caller need no change."""
-        return self._apply_featurizer(params["featurizer"], images, dropout_key)
+        with ``resnet_dropout`` > 0: pass a fresh key per step; ``dropout_rate``, possibly
+        traced, overrides the model's rate); ``features(params, images)`` is deterministic,
+        so evaluation and every existing caller need no change."""
+        return self._apply_featurizer(params["featurizer"], images, dropout_key, dropout_rate)
 
-    def apply(self, params, images, *, dropout_key=None):
+    def apply(self, params, images, *, dropout_key=None, dropout_rate=None):
         return self.head(params["classifier"],
-                         self.features(params, images, dropout_key=dropout_key))
+                         self.features(params, images, dropout_key=dropout_key,
+                                       dropout_rate=dropout_rate))
 
 
 def resnet_model(arch: str, num_classes: int, *, dropout: float = 0.0, dtype=jnp.float32,

@@ -104,6 +104,14 @@ def cached_sources(cache, dataset, splits: Sequence[tuple[np.ndarray, np.ndarray
             for paths, _ in splits]
 
 
+def step_indices(seed: int, step: int, sizes: Sequence[int], batch_size: int) -> np.ndarray:
+    """[E, B] example indices of step ``step``: B per domain of ``sizes``, uniformly with
+    replacement, from ``np.random.default_rng([seed, step])``: every image path (host,
+    decoded cache, data on the device) draws these."""
+    rng = np.random.default_rng([seed, step])
+    return np.stack([rng.integers(0, n, batch_size) for n in sizes])
+
+
 def _as_domains(domains) -> list[tuple[np.ndarray, np.ndarray]]:
     out = []
     for i, (paths, labels) in enumerate(domains):
@@ -132,8 +140,8 @@ class TrainBatch:
 
     def indices(self, step: int) -> np.ndarray:
         """[E, B] example indices of step ``step`` (with replacement, per domain)."""
-        rng = np.random.default_rng([self.seed, step])
-        return np.stack([rng.integers(0, len(p), self.batch_size) for p, _ in self.domains])
+        return step_indices(self.seed, step, [len(p) for p, _ in self.domains],
+                            self.batch_size)
 
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         step = int(step)
@@ -372,9 +380,8 @@ class TrainCanvases:
 
     def indices(self, step: int) -> np.ndarray:
         """[E, B] example indices of step ``step``: TrainBatch.indices, the same draws."""
-        rng = np.random.default_rng([self.seed, step])
-        return np.stack([rng.integers(0, len(labels), self.batch_size)
-                         for _, labels in self.domains])
+        return step_indices(self.seed, step, [len(labels) for _, labels in self.domains],
+                            self.batch_size)
 
     def __call__(self, step: int):
         idx = self.indices(int(step))
@@ -410,16 +417,44 @@ class EvalCanvases:
         return canvases, hw, labels, mask
 
 
+class GroupCanvases:
+    """Element t: the TrainCanvases elements of step t of several jobs (a vmapped group),
+    stacked on a leading member axis: ([T, E, B, C, C, 3], [T, E, B, 2], [T, E, B])."""
+
+    def __init__(self, members: Sequence[TrainCanvases]):
+        self.members = list(members)
+
+    def __call__(self, step: int):
+        parts = [m(step) for m in self.members]
+        return tuple(np.stack(xs) for xs in zip(*parts))
+
+
+def _check_canvas_args(batch_size: int, canvas: int, seeds, start_step: int) -> None:
+    for name, value in (("batch_size", batch_size), ("canvas", canvas)):
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be a positive integer")
+    if min(seeds) < 0 or start_step < 0:
+        raise ConfigError(f"seed={min(seeds)} and start_step={start_step} must be >= 0")
+
+
+def group_train_canvases(members, batch_size: int, canvas: int, seeds: Sequence[int],
+                         start_step: int = 0, workers: int = 2, buffer: int = 2) -> Batches:
+    """:func:`train_canvases` of several jobs at once (``members``: each job's domains, as
+    ``train_canvases`` takes them; ``seeds``: each job's seed), stacked on a leading axis."""
+    import grain
+    _check_canvas_args(batch_size, canvas, seeds, start_step)
+    fn = GroupCanvases([TrainCanvases(_as_sources(d, canvas), batch_size, canvas, int(s))
+                        for d, s in zip(members, seeds)])
+    ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(fn)
+    return Batches(_iterate(ds, workers, buffer), workers=workers)
+
+
 def train_canvases(domains, batch_size: int, canvas: int, seed: int, start_step: int = 0,
                    workers: int = 2, buffer: int = 2) -> Batches:
     """Infinite (canvases uint8 [E, B, C, C, 3], hw int32 [E, B, 2], labels int32 [E, B]),
     step ``start_step`` on. ``domains``: [(paths or FileImages/CachedImages, labels)]."""
     import grain
-    for name, value in (("batch_size", batch_size), ("canvas", canvas)):
-        if value < 1:
-            raise ConfigError(f"{name}={value} must be a positive integer")
-    if seed < 0 or start_step < 0:
-        raise ConfigError(f"seed={seed} and start_step={start_step} must be >= 0")
+    _check_canvas_args(batch_size, canvas, [seed], start_step)
     fn = TrainCanvases(_as_sources(domains, canvas), batch_size, canvas, int(seed))
     ds = grain.MapDataset.range(int(start_step), sys.maxsize).map(fn)
     return Batches(_iterate(ds, workers, buffer), workers=workers)

@@ -89,14 +89,26 @@ def uses_dropout(model) -> bool:
     return getattr(getattr(model, "featurizer", None), "dropout", 0.0) > 0
 
 
-def forward(model, params, images, dropout_key=None):
+def forward(model, params, images, dropout_key=None, dropout_rate=None):
     """Features [E, B, d] and logits [E, B, C] of every domain's batch (one pass)."""
     e, b = images.shape[:2]
     flat = images.reshape((e * b,) + images.shape[2:])
     z = (model.features(params, flat) if dropout_key is None
-         else model.features(params, flat, dropout_key=dropout_key))
+         else model.features(params, flat, dropout_key=dropout_key, dropout_rate=dropout_rate))
     logits = model.head(params["classifier"], z)
     return z.reshape(e, b, -1), logits.reshape(e, b, -1)
+
+
+def _dropout_key(key, hp):
+    """(key, dropout key, rate) of a model with dropout. ``resnet_dropout`` traced (vmapped
+    trials): a trial at rate 0 keeps its whole key, as its single job (whose model has no
+    dropout) does, and its dropout is the identity."""
+    rate = hp.get("resnet_dropout")
+    rest, dropout_key = jax.random.split(key)
+    if rate is None or isinstance(rate, (int, float)):
+        return rest, dropout_key, rate
+    data = jnp.where(rate > 0, jax.random.key_data(rest), jax.random.key_data(key))
+    return jax.random.wrap_key_data(data), dropout_key, rate
 
 
 def init_alg_state(name: str, params, hp, num_domains: int):
@@ -124,10 +136,10 @@ def make_objective(name: str, model, hp) -> Callable:
     dropout = uses_dropout(model)
 
     def loss_fn(params, state, batch: Batch, key, step):
-        dropout_key = None
+        dropout_key = rate = None
         if dropout:          # only then: the other models keep their keys (and numbers)
-            key, dropout_key = jax.random.split(key)
-        z, logits = forward(model, params, batch.images, dropout_key)
+            key, dropout_key, rate = _dropout_key(key, hp)
+        z, logits = forward(model, params, batch.images, dropout_key, rate)
         nll = jnp.mean(domain_losses(logits, batch.labels))
         grads_fn = (_model_domain_grads(model, params, batch) if objective.scope == "model"
                     else None)

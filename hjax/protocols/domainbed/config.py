@@ -20,6 +20,7 @@ DATASETS = MNIST_DATASETS + IMAGE_DATASET_NAMES
 ARCHS = ("resnet18", "resnet50")
 DTYPES = ("float32", "bfloat16")
 AUGMENT_ON = ("device", "host")
+DATA_ON_DEVICE = ("auto", "on", "off")
 # Settings of the image datasets only (absent from an MNIST job's identity and records).
 IMAGE_FIELDS = ("arch", "image_size", "dtype", "pretrained", "augment")
 MNIST_CHECKPOINT_FREQ = 100
@@ -57,6 +58,10 @@ class RunConfig:
     # data_dir (hjax.data.images.decoded_cache; same pixels, so not part of it).
     augment: str = "device"
     decoded_cache: bool = True
+    # The decoded cache held on the device, batches gathered there (hjax.data.images.resident;
+    # the same batches as the host pipeline's, so not part of the identity): "auto" decides
+    # from its size and the free device memory.
+    data_on_device: str = "auto"
     # Not part of the job's identity: move another job's files aside instead of refusing
     # the folder, and whether to show a progress line (the command line's --progress).
     overwrite: bool = False
@@ -71,7 +76,7 @@ class RunConfig:
         hparams and the data, the job's run identity: hjax.protocols.domainbed.identity)."""
         d = dataclasses.asdict(self)
         for key in ("output_dir", "stop_after_step", "eval_chunk", "data_dir", "workers",
-                    "decoded_cache", "overwrite", "progress"):
+                    "decoded_cache", "data_on_device", "overwrite", "progress"):
             d.pop(key)
         if not self.is_image_dataset:
             for key in IMAGE_FIELDS:
@@ -119,6 +124,7 @@ def validate(config: RunConfig, num_envs: int) -> None:
         if config.workers < 0:
             raise ConfigError(f"--workers={config.workers} must be >= 0")
         check_choice("augment", config.augment, AUGMENT_ON)
+        check_choice("data_on_device", config.data_on_device, DATA_ON_DEVICE)
         if config.fake_data:
             raise ConfigError("--fake_data is for the MNIST datasets; image datasets read "
                               "--data_dir")
@@ -161,7 +167,7 @@ CASTS = {
     "holdout_fraction": float, "width_multiplier": float, "fake_data": _bool,
     "eval_chunk": int, "stop_after_step": int, "data_dir": str, "arch": str,
     "image_size": int, "dtype": str, "pretrained": str, "workers": int, "augment": str,
-    "decoded_cache": _bool, "overwrite": _bool, "progress": str,
+    "decoded_cache": _bool, "data_on_device": str, "overwrite": _bool, "progress": str,
 }
 HPARAM_SETTINGS = {"batch_size": int, "lr": float}
 

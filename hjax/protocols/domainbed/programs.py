@@ -3,23 +3,21 @@ one :class:`MemberProgram` per group of jobs (a single job is a group of one).
 
 A program steps every member of a group at once, ``step(states) -> (states, logs)`` over a
 leading member axis, and evaluates every split, ``accuracies(params) -> {(kind, env): [T]}``.
-Its batches come from iterators the data layer builds: MNIST arrays live on the device and
-the compiled step samples them; image batches come from the host pipeline
-(hjax.data.images.pipeline), decoded to uint8 and augmented on the device (or, with
-``augment="host"``, by PIL). A group of one runs the single job's program (no member axis
-inside it: :func:`hjax.protocols.runs.members.over_members`).
+MNIST arrays live on the device and the compiled step samples them (:func:`array_program`);
+the programs of image jobs, fed from the device-resident decoded cache or the host pipeline,
+are in :mod:`hjax.protocols.domainbed.image_programs`. A group of one runs the single job's
+program (no member axis inside it: :func:`hjax.protocols.runs.members.over_members`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hjax.data import sharding as data_sharding
 from hjax.data.images import (IMAGE_DATASETS, image_data_dir, load_image_dataset,
                               split_in_out)
 from hjax.data.weights import resolve_pretrained
@@ -27,12 +25,8 @@ from hjax.models import mnist_cnn_model, resnet_model
 from hjax.models.torchvision_weights import pretrained_resnet_model
 from hjax.protocols.domainbed.config import RunConfig
 from hjax.protocols.domainbed.data import TrainArrays, split_environments, stack_train
-from hjax.protocols.domainbed.hparams import seed_hash
-from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, make_batch_evaluator,
-                                              make_canvas_evaluator,
-                                              make_device_augment_step, make_evaluator,
-                                              make_host_batch_step, make_train_step,
-                                              to_eval_split)
+from hjax.protocols.domainbed.trainer import (EvalSplit, base_key, make_evaluator,
+                                              make_train_step, to_eval_split)
 from hjax.protocols.runs.members import member, over_members
 
 _LOG = logging.getLogger("hjax")
@@ -143,7 +137,7 @@ def _single(fn, shared: tuple[int, ...], argcount: int):
     return over_members(fn, 1, tuple(None if i in shared else 0 for i in range(argcount)))
 
 
-def _single_accuracies(evaluate, num_envs: int):
+def single_accuracies(evaluate, num_envs: int):
     """``accuracies`` of a group of one from ``evaluate(params, kind, env) -> float``."""
     def accuracies(params) -> dict:
         one = member(params, 0)
@@ -160,98 +154,13 @@ def array_program(config: RunConfig, hp: dict, model, data: JobData) -> MemberPr
     splits = {"in": data.eval_ins, "out": data.eval_outs}
     return MemberProgram(
         lambda states: step(states, data.train),
-        _single_accuracies(lambda params, kind, i: evaluate_split(params, splits[kind][i]),
+        single_accuracies(lambda params, kind, i: evaluate_split(params, splits[kind][i]),
                            data.num_envs))
 
 
-def image_program(config: RunConfig, hp: dict, model, data: ImageJobData,
-                  start: int) -> MemberProgram:
-    """One image job: batches from the host pipeline, deterministic per step, augmented on
-    the device (or, ``augment="host"``, by PIL)."""
-    if config.augment == "host":
-        return _host_augment_program(config, hp, model, data, start)
-    from hjax.data.images import decoded_cache, pipeline, prefetch
-    from hjax.data.images.decode import canvas_size
-    batch_size = int(hp["batch_size"])
-    canvas = canvas_size(config.image_size)
-    seed = seed_hash("domainbed-images", config.trial_seed)
-    cache = (decoded_cache.open_or_build(data.dataset, data.data_dir, canvas, config.workers)
-             if config.decoded_cache and data.dataset is not None else None)
-    if cache is not None:       # the decoded cache: no decoding left, gathers in-process
-        train = pipeline.cached_sources(cache, data.dataset, data.train_domains)
-        splits = {k: pipeline.cached_sources(cache, data.dataset, v)
-                  for k, v in (("in", data.eval_ins), ("out", data.eval_outs))}
-        eval_workers = 0
-    else:
-        train = [paths for paths, _ in data.train_domains]
-        splits = {k: [paths for paths, _ in v] for k, v in (("in", data.eval_ins),
-                                                             ("out", data.eval_outs))}
-        eval_workers = config.workers
-    labels = {"in": [y for _, y in data.eval_ins], "out": [y for _, y in data.eval_outs]}
-    sharding = prefetch.batch_sharding(batch_size)
-    batches = prefetch.prefetch_to_device(pipeline.train_canvases(
-        [(images, y) for images, (_, y) in zip(train, data.train_domains)], batch_size,
-        canvas, seed=seed, start_step=start, workers=config.workers), sharding=sharding)
-    step_fn = make_device_augment_step(config.algorithm, model, hp, base_key(config.trial_seed),
-                                       seed, config.image_size)
-    step = jax.jit(_single(step_fn, (1, 2, 3), 4))
-    evaluate_batches = make_canvas_evaluator(model, config.image_size)
-    eval_batch = _eval_batch(config, data)
-    eval_sharding = prefetch.batch_sharding(eval_batch, axis=0)
-
-    def evaluate(params, kind, i):
-        with prefetch.prefetch_to_device(pipeline.eval_canvases(
-                splits[kind][i], labels[kind][i], canvas, eval_batch, workers=eval_workers),
-                sharding=eval_sharding) as eval_iter:
-            return evaluate_batches(params, eval_iter)
-
-    return MemberProgram(lambda states: step(states, *next(batches)),
-                         _single_accuracies(evaluate, data.num_envs),
-                         lambda states: _replicate_over(states, sharding), batches.close)
-
-
-def _replicate_over(states, batch_sharding):
-    """The states copied to every device the batches are split over (unchanged on one)."""
-    if batch_sharding is None:
-        return states
-    return data_sharding.replicate(batch_sharding.mesh, states)
-
-
-def _eval_batch(config: RunConfig, data: ImageJobData) -> int:
-    # One evaluation batch size for every split (one compiled program), no larger than the
-    # largest split needs.
-    largest = max(len(labels) for _, labels in data.eval_ins + data.eval_outs)
-    return min(config.eval_chunk, 128, -(-largest // 8) * 8)
-
-
-def _host_augment_program(config: RunConfig, hp: dict, model, data: ImageJobData,
-                          start: int) -> MemberProgram:
-    """The PIL reference path: decode and augment on the host, float32 batches."""
-    from hjax.data.images import pipeline as image_pipeline
-    batch_size = int(hp["batch_size"])
-    batches = image_pipeline.train_batches(
-        data.train_domains, batch_size, config.image_size,
-        seed=seed_hash("domainbed-images", config.trial_seed), start_step=start,
-        augment=True, workers=config.workers)
-    step_fn = make_host_batch_step(config.algorithm, model, hp, base_key(config.trial_seed))
-    step = jax.jit(_single(step_fn, (1, 2), 3))
-    evaluate_batches = make_batch_evaluator(model)
-    splits = {"in": data.eval_ins, "out": data.eval_outs}
-    eval_batch = _eval_batch(config, data)
-
-    def evaluate(params, kind, i):
-        paths, labels = splits[kind][i]
-        with image_pipeline.eval_batches(paths, labels, config.image_size,
-                                         eval_batch) as eval_iter:
-            return evaluate_batches(params, eval_iter)
-
-    return MemberProgram(lambda states: step(states, *next(batches)),
-                         _single_accuracies(evaluate, data.num_envs), close=batches.close)
-
-
 def job_program(config: RunConfig, hp: dict, model, data, start: int) -> MemberProgram:
-    """The program of a single job (a group of one)."""
+    """The program of a single MNIST job (a group of one); image jobs:
+    hjax.protocols.domainbed.image_programs."""
     if config.is_image_dataset:
-        return image_program(config, hp, model, data, start)
+        raise ValueError("image jobs take their program from image_programs.image_program")
     return array_program(config, hp, model, data)
-

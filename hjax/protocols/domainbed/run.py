@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from hjax.data import dataset_info
-from hjax.errors import ConfigError, ensure_writable_dir
+from hjax.errors import ensure_writable_dir
 from hjax.io.results import read_jsonl, write_jsonl
 from hjax.protocols.domainbed import identity as identity_lib
-from hjax.protocols.domainbed import vmapped
+from hjax.protocols.domainbed import image_programs, vmapped
 from hjax.protocols.domainbed.config import DATASETS, RunConfig, resolve_hparams, validate
 from hjax.protocols.domainbed.hparams import seed_hash
 from hjax.protocols.domainbed.loop import Member, penalty_note, train_members
@@ -107,18 +107,36 @@ def run(config: RunConfig, log: Callable[[str], None] = _LOG.info,
         state, records = initial_state(config, hp, identity, model, data, log)
         m = Member(config, hp, identity, data, records)
         _log_penalty_note(m, log)
-        if config.is_image_dataset and not config.pretrained:
-            log(f"note: {os.path.basename(os.path.normpath(config.output_dir))}: the ResNet "
-                "starts from random weights (no --pretrained): smoke-test numbers, not "
-                "comparable with DomainBed's ImageNet-initialised results "
-                "(--pretrained=imagenet fetches those weights)")
-        program = job_program(config, hp, model, data, int(state.step))
-        try:
-            train_members([m], program, program.place(stack([state])),
-                          Reporter(log=log, warn=log, progress=progress))
-        finally:
-            program.close()
+        _train([m], [state], model, "auto", log, progress)
         return m.records
+
+
+def _random_weights_note(config: RunConfig, log) -> None:
+    if config.is_image_dataset and not config.pretrained:
+        log(f"note: {os.path.basename(os.path.normpath(config.output_dir))}: the ResNet "
+            "starts from random weights (no --pretrained): smoke-test numbers, not "
+            "comparable with DomainBed's ImageNet-initialised results "
+            "(--pretrained=imagenet fetches those weights)")
+
+
+def _train(members: list[Member], states: list, model, batching: str, log, progress) -> None:
+    """Builds the program of ``members`` (one job, or a group of one shape at one step) and
+    runs the loop."""
+    first = members[0].config
+    start = int(states[0].step)
+    if first.is_image_dataset:
+        _random_weights_note(first, log)
+        program = image_programs.image_program(members, model, batching, start, log)
+    elif len(members) == 1:
+        m = members[0]
+        program = job_program(m.config, m.hp, model, m.data, start)
+    else:
+        program = vmapped.group_program(model, members, batching)
+    try:
+        train_members(members, program, program.place(stack(states)),
+                      Reporter(log=log, warn=log, progress=progress))
+    finally:
+        program.close()
 
 
 def _log_penalty_note(m: Member, log) -> None:
@@ -132,10 +150,6 @@ def run_group(configs: Sequence[RunConfig], log: Callable[[str], None] = _LOG.in
     """Trains the given jobs (resuming or skipping each as :func:`run` would), as one
     program per set of jobs that share a shape and a resume step."""
     batching = vmapped.resolve_trial_batching(batching)
-    images = [c.dataset for c in configs if c.is_image_dataset]
-    if images:
-        raise ConfigError(f"vmapped groups are for the MNIST datasets, not {images[0]!r}: image "
-                          "datasets take their batches from the host input pipeline")
     all_hps = [job_hparams(c) for c in configs]
     with _claims(configs, log):
         todo, hps, identities = [], [], []
@@ -151,7 +165,10 @@ def run_group(configs: Sequence[RunConfig], log: Callable[[str], None] = _LOG.in
 
 
 def _run_shape_group(configs, hps, identities, log, batching, progress) -> None:
-    model = make_model(configs[0])
+    # One model for the group; a dropout rate other than 0 in any member switches dropout on
+    # (each member then drops at its own rate, traced: algorithms._dropout_key).
+    model = make_model(configs[0], {"resnet_dropout": max(float(hp.get("resnet_dropout", 0.0))
+                                                          for hp in hps)}, log)
     datas = {}
     for c, hp in zip(configs, hps):     # one data copy per trial seed
         if c.trial_seed not in datas:
@@ -165,10 +182,8 @@ def _run_shape_group(configs, hps, identities, log, batching, progress) -> None:
         starts[int(state.step)].append((m, state))
     for jobs in starts.values():        # jobs resumed at different steps cannot share a step
         members = [m for m, _ in jobs]
-        program = vmapped.group_program(model, members, batching)
         first = members[0].config
         log(f"vmapped group of {len(members)} job(s) ({batching}): {first.dataset} / "
             f"{first.algorithm} / test envs {list(first.test_envs)}, trial seeds "
             f"{sorted({m.config.trial_seed for m in members})}")
-        train_members(members, program, stack([s for _, s in jobs]),
-                      Reporter(log=log, warn=log, progress=progress))
+        _train(members, [s for _, s in jobs], model, batching, log, progress)

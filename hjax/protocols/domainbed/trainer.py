@@ -5,10 +5,10 @@ into a data key (minibatch sampling) and an algorithm key (e.g. Hutchinson probe
 resumed from a checkpoint at step t draws exactly what the uninterrupted run drew.
 
 Data paths: MNIST datasets live on the device and each step samples its minibatches in the
-compiled step (:func:`make_train_step`). Image datasets are sampled and decoded by the host
-input pipeline (hjax.data.images.pipeline, deterministic per step as well): by default the
-step takes uint8 canvases and augments them itself, compiled with the update
-(:func:`make_device_augment_step`, :func:`make_canvas_evaluator`); the PIL reference path
+compiled step (:func:`make_train_step`). Image jobs (hjax.protocols.domainbed.image_programs)
+take uint8 canvases, gathered from the device-resident decoded cache or sent by the host
+pipeline (deterministic per step as well), and augment them in the step, compiled with the
+update (:func:`make_canvas_evaluator` evaluates host batches); the PIL reference path
 augments on the host and the step takes float32 images (:func:`make_host_batch_step`,
 :func:`make_batch_evaluator`).
 """
@@ -71,25 +71,6 @@ def make_host_batch_step(algorithm_name: str, model, hp, base: jax.Array):
     @jax.jit
     def train_step(state: TrainState, images, labels):
         _, alg_key = jax.random.split(jax.random.fold_in(base, state.step))
-        return update(state, Batch(images, labels), alg_key)
-
-    return train_step
-
-
-def make_device_augment_step(algorithm_name: str, model, hp, base: jax.Array,
-                             augment_seed: int, image_size: int):
-    """A jitted ``(state, canvases uint8 [E, B, C, C, 3], hw [E, B, 2], labels [E, B]) ->
-    (state, logs)``: DomainBed's training augmentation of each example on the device, keyed
-    by (augment_seed, state.step, domain, index), then the update of
-    :func:`make_host_batch_step`."""
-    update = algorithms.make_update(algorithm_name, model, hp)
-    augment_key = jax.random.key(augment_seed)
-
-    @jax.jit
-    def train_step(state: TrainState, canvases, hw, labels):
-        _, alg_key = jax.random.split(jax.random.fold_in(base, state.step))
-        images = device_transforms.augment_batch(augment_key, state.step, canvases, hw,
-                                                 image_size)
         return update(state, Batch(images, labels), alg_key)
 
     return train_step

@@ -48,6 +48,11 @@ def is_static_hparam(name: str) -> bool:
     return name == "batch_size" or name.endswith("_num_probes")
 
 
+# Settings of image jobs that a group's members must share (the rest: trial seed, hparams).
+IMAGE_SHAPE_FIELDS = ("arch", "image_size", "dtype", "pretrained", "augment", "data_dir",
+                      "decoded_cache", "data_on_device", "workers")
+
+
 def shape_signature(config: RunConfig, hp: dict) -> str:
     """Jobs with equal signatures can share one vmapped program."""
     return json.dumps({
@@ -56,6 +61,8 @@ def shape_signature(config: RunConfig, hp: dict) -> str:
         "checkpoint_freq": config.checkpoint_freq, "holdout": config.holdout_fraction,
         "width": config.width_multiplier, "fake_data": config.fake_data,
         "eval_chunk": config.eval_chunk, "stop_after_step": config.stop_after_step,
+        # Image jobs: the model, the input and where the batches come from.
+        **{name: getattr(config, name) for name in IMAGE_SHAPE_FIELDS},
         "hp_names": sorted(hp), "static": {k: hp[k] for k in sorted(hp) if is_static_hparam(k)},
     }, sort_keys=True)
 
@@ -132,7 +139,7 @@ def resolve_trial_batching(batching: str) -> str:
     return batching
 
 
-def _over_trials(fn, batching: str, shared: tuple[int, ...]):
+def over_trials(fn, batching: str, shared: tuple[int, ...]):
     """``fn`` mapped over the leading axis of every argument not in ``shared``."""
     if resolve_trial_batching(batching) == "vmap":
         return jax.vmap(fn, in_axes=tuple(None if i in shared else 0 for i in range(
@@ -167,7 +174,7 @@ def make_group_step(algorithm_name: str, model, static_hp: dict, batching: str =
         images, labels = sample_trial_batches(data_key, train, trial_data, batch_size)
         return update(state, Batch(images, labels), alg_key)
 
-    return jax.jit(_over_trials(one, batching, shared=(1,)))
+    return jax.jit(over_trials(one, batching, shared=(1,)))
 
 
 def make_group_evaluator(model, batching: str = "auto"):
@@ -177,10 +184,10 @@ def make_group_evaluator(model, batching: str = "auto"):
         pred = jnp.argmax(model.apply(params, images[u]), axis=-1)
         return jnp.sum((pred == labels[u]) & mask[u])
 
-    return jax.jit(_over_trials(correct, batching, shared=(1, 2, 3)))
+    return jax.jit(over_trials(correct, batching, shared=(1, 2, 3)))
 
 
-def _hp_arrays(hps: Sequence[dict], names: Sequence[str]) -> dict:
+def hp_arrays(hps: Sequence[dict], names: Sequence[str]) -> dict:
     out = {}
     for name in names:
         values = [hp[name] for hp in hps]
@@ -202,7 +209,7 @@ def group_program(model, members, batching: str):
     static_hp = {k: v for k, v in hps[0].items() if is_static_hparam(k)}
     dynamic = [k for k in hps[0] if not is_static_hparam(k)]
     bases = jnp.stack([base_key(c.trial_seed) for c in configs])
-    hp_values = _hp_arrays(hps, dynamic)
+    hp_values = hp_arrays(hps, dynamic)
     train = _stack_train(unique)
     step_fn = make_group_step(configs[0].algorithm, model, static_hp, batching)
     correct = make_group_evaluator(model, batching)
@@ -228,7 +235,9 @@ def group_program(model, members, batching: str):
 # ---------------------------------------------------------------------------- sweep side
 
 # The sweep-job settings a vmapped group can take (others change what the job reads or how).
-VMAPPABLE_SETTINGS = ("steps", "checkpoint_freq", "width_multiplier", "batch_size", "fake_data")
+VMAPPABLE_SETTINGS = ("steps", "checkpoint_freq", "width_multiplier", "batch_size", "fake_data",
+                      "data_dir", "arch", "image_size", "dtype", "pretrained", "workers",
+                      "data_on_device")
 
 
 def job_config(job, output_dir: str) -> RunConfig:
