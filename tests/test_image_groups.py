@@ -7,6 +7,7 @@ against single jobs on the host pipeline: tests/test_domainbed_images.py.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -168,3 +169,36 @@ def test_the_traced_dropout_draws_flax_dropouts_mask():
     np.testing.assert_array_equal(traced(jnp.float32(0.1)) == 0, want == 0)
     np.testing.assert_allclose(traced(jnp.float32(0.1)), want, rtol=3e-7)
     np.testing.assert_array_equal(traced(jnp.float32(0.0)), x)
+
+
+def test_on_two_devices_the_cache_is_split_by_rows_and_gathers_the_same_canvases():
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    root = pathlib.Path(__file__).resolve().parents[1]
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from hjax.data import sharding
+        from hjax.data.images import resident
+
+        class Cache:
+            images = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3)).astype(np.uint8)
+            hw = np.arange(10, dtype=np.int32).reshape(5, 2)
+
+        placed = resident.place(Cache, sharding.make_mesh())
+        assert placed.images.shape == (6, 4, 4, 3)           # padded to 2 devices x 3 rows
+        assert [s.data.shape[0] for s in placed.images.addressable_shards] == [3, 3]
+        np.testing.assert_array_equal(np.asarray(placed.images)[:5], Cache.images)
+        assert not np.asarray(placed.images)[5].any()
+        rows = jnp.asarray([[4, 0, 2], [1, 1, 3]])
+        canvases, hw = jax.jit(resident.gather)(placed, rows)
+        np.testing.assert_array_equal(np.asarray(canvases), Cache.images[np.asarray(rows)])
+        np.testing.assert_array_equal(np.asarray(hw), Cache.hw[np.asarray(rows)])
+        print("ok")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
