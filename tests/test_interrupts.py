@@ -68,7 +68,8 @@ def test_ctrl_c_on_an_image_job_exits_130_without_tracebacks_or_leaked_shared_me
     cmd = [sys.executable, "-m", "hjax.cli.domainbed_train", "--dataset=pacs",
            f"--data_dir={tmp_path / 'data'}", "--algorithm=erm", "--arch=resnet18",
            "--image_size=32", "--steps=300", "--checkpoint_freq=100", "--batch_size=4",
-           "--workers=2", f"--output_dir={out}"]          # the default --augment=device
+           "--workers=2", "--data_on_device=off",    # the host pipeline's workers
+           f"--output_dir={out}"]                            # the default --augment=device
     code, _, err = _interrupt_after_first_checkpoint(cmd, str(out))
     assert code == 130, err[-3000:]
     assert "interrupted: re-run the same command" in err
