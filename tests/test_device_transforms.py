@@ -119,24 +119,70 @@ def test_color_ops_against_their_closed_forms():
                                np.repeat(np.asarray(grey)[..., None], 3, -1), atol=1e-6)
     np.testing.assert_allclose(D.adjust_contrast(x, 0.0),
                                np.full(x.shape, float(grey.mean())), atol=1e-6)
-    np.testing.assert_allclose(D.hsv_to_rgb(D.rgb_to_hsv(x)), x, atol=1e-5)
-    np.testing.assert_allclose(D.adjust_hue(x, 0.0), x, atol=1e-5)
     red = jnp.asarray([[[1.0, 0.0, 0.0]]])
-    np.testing.assert_allclose(D.adjust_hue(red, 1 / 3), [[[0.0, 1.0, 0.0]]], atol=1e-5)
-    np.testing.assert_allclose(D.adjust_hue(red, -1 / 3), [[[0.0, 0.0, 1.0]]], atol=1e-5)
+    # A third of a turn is 85 hue bytes: red to green exactly.
+    np.testing.assert_array_equal(D.adjust_hue(red, 1 / 3), [[[0.0, 1.0, 0.0]]])
 
 
-@pytest.mark.parametrize("factor", [-0.3, -0.1, 0.05, 0.25])
-def test_hue_matches_the_pil_reference(factor):
-    img = _photo(seed=4)
-    want = np.asarray(T.adjust_hue(_pil(img), factor), np.float64)
-    # torchvision's PIL path shifts the 8-bit hue by int(255 f) / 256 turns, not f: compare
-    # the conversions at that shift. PIL's HSV is 8-bit (S and V rounded too), so a level or
-    # two per channel.
-    shift = (int(factor * 255) % 256) / 256
-    got = _levels(D.adjust_hue(jnp.asarray(img, jnp.float32) / 255, shift))
-    assert np.abs(got - want).mean() < 1.5
-    assert np.quantile(np.abs(got - want), 0.99) <= 6
+def _hue_test_image() -> np.ndarray:
+    """uint8 [N, 64, 3]: random colours, every colour of chroma 255 (max 255, min 0), every
+    grey, and colours of chroma 85 and 170: the only chromas where a hue can be an exact
+    multiple of 1/255, which is where PIL's float hue rounds below the exact byte."""
+    rng = np.random.default_rng(7)
+    parts = [rng.integers(0, 256, (2048, 3))]
+    for chroma in (255, 170, 85):
+        lo = rng.integers(0, 256 - chroma, chroma + 1)
+        mid = np.arange(chroma + 1)
+        for order in itertools.permutations(range(3)):
+            px = np.stack([lo + chroma, lo + mid, lo], axis=-1)
+            parts.append(px[:, order])
+    parts.append(np.repeat(np.arange(256)[:, None], 3, axis=1))
+    pixels = np.concatenate(parts)
+    pixels = np.concatenate([pixels, pixels[: -len(pixels) % 64]])
+    return pixels.reshape(-1, 64, 3).astype(np.uint8)
+
+
+def _bytes(x) -> np.ndarray:
+    return np.rint(np.asarray(x, np.float64) * 255.0)
+
+
+@pytest.fixture(scope="module")
+def hue_image():
+    return _hue_test_image()
+
+
+def test_hsv_conversions_equal_pil_convert(hue_image):
+    want = np.asarray(_pil(hue_image).convert("HSV"))
+    got = np.asarray(jax.jit(D.rgb_to_hsv_levels)(jnp.asarray(hue_image, jnp.int32)))
+    np.testing.assert_array_equal(got, want)
+    hsv = np.random.default_rng(8).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    hsv[:4, :, 0] = np.arange(256).reshape(4, 64)          # every hue byte, saturated
+    hsv[:4, :, 1:] = 255
+    want = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    got = np.asarray(jax.jit(D.hsv_to_rgb_levels)(jnp.asarray(hsv, jnp.int32)))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_hue_shift_is_torchvisions_uint8_of_factor_times_255():
+    k = np.arange(-127, 128) / 255
+    near = np.float32(k)
+    factors = np.concatenate([near, np.nextafter(near, np.float32(-1)),
+                              np.nextafter(near, np.float32(1))])
+    factors = factors[np.abs(factors) <= 0.5]
+    got = np.asarray(jax.vmap(D.hue_shift_levels)(jnp.asarray(factors)))
+    # numpy's uint8 cast on x86: truncate toward zero, then modulo 256.
+    want = np.asarray([int(float(f) * 255) % 256 for f in factors])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_hue_equals_the_pil_reference_exactly(hue_image):
+    x = jnp.asarray(hue_image, jnp.float32) / 255
+    hue = jax.jit(D.adjust_hue)
+    factors = [-0.5, -0.3, -0.1, 0.0, 0.07, 0.3, 0.5]
+    factors += list(np.random.default_rng(9).uniform(-0.5, 0.5, 5))
+    for factor in np.float32(factors):
+        want = np.asarray(T.adjust_hue(_pil(hue_image), float(factor)), np.float64)
+        np.testing.assert_array_equal(_bytes(hue(x, factor)), want, err_msg=str(factor))
 
 
 def test_grayscale_matches_pil_convert_l():

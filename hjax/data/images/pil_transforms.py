@@ -72,7 +72,8 @@ def random_horizontal_flip(img: Image.Image, rng: np.random.Generator,
 
 
 def adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
-    """torchvision's PIL adjust_hue: shift the HSV hue byte by int8(hue_factor * 255)."""
+    """torchvision's PIL adjust_hue: shift the HSV hue byte by ``uint8(hue_factor * 255)``
+    (numpy's cast on x86: the product truncated toward zero, modulo 256), wrapping."""
     if img.mode in ("L", "1", "I", "F"):
         return img
     h, s, v = img.convert("HSV").split()
