@@ -69,9 +69,18 @@ def data_identity(config: RunConfig) -> dict:
     return {"source": "images", "manifest": _manifest_digest(str(root.resolve()))}
 
 
+# The definition of the device augmentation of image jobs (--augment=device): 2 since its hue
+# goes through PIL's 8-bit HSV as DomainBed's does (other draws of the same images than 1,
+# whose identities had no such key), so a job of version 1 is not resumed by version 2.
+DEVICE_AUGMENT_VERSION = 2
+
+
 def job_identity(config: RunConfig, hp: dict) -> dict:
-    return dict(config.identity(), hparams=hp, data=data_identity(config), protocol=PROTOCOL,
-                protocol_version=PROTOCOL_VERSION)
+    identity = dict(config.identity(), hparams=hp, data=data_identity(config),
+                    protocol=PROTOCOL, protocol_version=PROTOCOL_VERSION)
+    if config.is_image_dataset and config.augment == "device":
+        identity["device_augment_version"] = DEVICE_AUGMENT_VERSION
+    return identity
 
 
 def write_done(folder: str, identity: dict, diverged_step: int | None = None) -> None:
