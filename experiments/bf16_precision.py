@@ -34,7 +34,7 @@ from hjax.io.results import write_atomic  # noqa: E402
 from hjax.models import resnet_model  # noqa: E402
 from hjax.models.linear_model import Model  # noqa: E402
 from hjax.protocols.domainbed import algorithms, hparams  # noqa: E402
-from hjax.protocols.domainbed.algorithms import Batch  # noqa: E402
+from hjax.protocols.domainbed.feature_objective import feature_objective  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 32, "input size (px)")
@@ -59,16 +59,6 @@ QUANTITIES = {"erm": ("nll",), "hgp": ("penalty", "hessian_term", "gradient_term
 RUNS = ("float32", "bfloat16", "bfloat16 head")
 
 
-class _FeaturesIn:
-    """The model an objective sees: its "images" are the featurizer's features."""
-    featurizer = None
-    head = staticmethod(Model.head)
-
-    @staticmethod
-    def features(params, features):
-        return features
-
-
 def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype), tree)
 
@@ -88,11 +78,10 @@ def _featurize(model, f_params, images):
 
 
 def _objective(name, quantity, hp, labels, state):
-    loss_fn = algorithms.make_objective(name, _FeaturesIn(), hp)
+    objective = feature_objective(name, hp)
 
     def value(head, features):
-        _, (_, logs) = loss_fn({"classifier": head}, state, Batch(features, labels),
-                               jax.random.key(7), 0)
+        _, (_, logs) = objective(head, features, labels, state, jax.random.key(7), 0)
         return logs[quantity]
     return jax.jit(jax.value_and_grad(value, argnums=(0, 1)))
 

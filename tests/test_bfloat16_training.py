@@ -36,9 +36,9 @@ import optax
 import pytest
 
 from hjax.models import resnet_model
-from hjax.models.linear_model import Model
 from hjax.protocols.domainbed import algorithms, hparams
 from hjax.protocols.domainbed.algorithms import RESET_STEPS, Batch
+from hjax.protocols.domainbed.feature_objective import feature_objective
 
 from image_tree import class_color
 
@@ -80,16 +80,6 @@ TRAIN = _batch([0, 1], seed=0)
 EVAL = _batch([2, 0], seed=10)
 
 
-class _FeaturesIn:
-    """The model an objective sees: its "images" are the featurizer's features."""
-    featurizer = None
-    head = staticmethod(Model.head)
-
-    @staticmethod
-    def features(params, features):
-        return features
-
-
 def _initial_params(seed=0):
     """torchvision's initialisation (conv kernels N(0, 2 / fan_out), BN scale 1 and bias 0;
     the head's Xavier-uniform kernel, bias 0) drawn with numpy: compiling the model's
@@ -121,12 +111,11 @@ def objectives():
     """name -> jitted (head, features, state, key, step) -> ((loss, (state, logs)),
     (head grad, features grad)); compiled once, for both dtypes."""
     def compiled(name):
-        loss_fn = algorithms.make_objective(name, _FeaturesIn(), HP[name])
-
-        def objective(head, features, state, key, step):
-            return loss_fn({"classifier": head}, state, Batch(features, TRAIN.labels), key,
-                           step)
-        return jax.jit(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))
+        objective = feature_objective(name, HP[name])
+        return jax.jit(jax.value_and_grad(
+            lambda head, features, state, key, step: objective(
+                head, features, TRAIN.labels, state, key, step),
+            argnums=(0, 1), has_aux=True))
     return {name: compiled(name) for name in PENALTIES}
 
 
