@@ -106,8 +106,9 @@ class ResNet(nn.Module):
             for b in range(blocks):
                 stride = 2 if s > 1 and b == 0 else 1
                 x = Block(kind, width, stride, self.dtype, name=f"layer{s}_{b}")(x)
-        # Pool in float32 and return float32: the head and its curvature stay in float32.
-        z = jnp.mean(x.astype(jnp.float32), axis=(-3, -2))
+        # Pool in float32 (float64 for a float64 oracle) and return that: the head, the loss
+        # and every penalty then run in float32 whatever the compute dtype (docs/precision.md).
+        z = jnp.mean(x.astype(jnp.promote_types(self.dtype, jnp.float32)), axis=(-3, -2))
         if rate is None:
             rate = self.dropout
         return Dropout()(z, rate, deterministic=not train or self.dropout == 0.0)

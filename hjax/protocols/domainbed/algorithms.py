@@ -81,6 +81,8 @@ def objective_hparams(name: str, hp) -> dict:
 
 def make_optimizer(hp) -> optax.GradientTransformation:
     """Adam with coupled L2 (PyTorch's ``weight_decay``): grad + wd * theta, then Adam."""
+    # The moments take the params' dtype: float32, with --dtype=bfloat16 too, where a bfloat16
+    # copy would lose the small steps (docs/precision.md).
     return optax.chain(optax.add_decayed_weights(hp["weight_decay"]), optax.adam(hp["lr"]))
 
 
