@@ -28,7 +28,8 @@ def ensure_writable_dir(path: str, flag: str = "output_dir") -> str:
     """Create ``path`` if needed and prove it writable, or raise a one-line ConfigError."""
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
+        # Named per process: the processes of a distributed run probe one folder at once.
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.unlink(probe)

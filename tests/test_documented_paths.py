@@ -57,9 +57,13 @@ def _module_file(command: str) -> pathlib.Path:
 
 
 def _defined_flags(path: pathlib.Path) -> set[str]:
-    """absl flags defined in ``path`` and in the hjax.cli modules it takes ``main`` from."""
-    tree = ast.parse(path.read_text())
+    """absl flags defined in ``path``, in the hjax.cli modules it takes ``main`` from, and in
+    the shared flag modules whose ``define_flags`` it calls (hjax.cli.distributed)."""
+    source = path.read_text()
+    tree = ast.parse(source)
     names = set()
+    for shared in re.findall(r"^(\w+)\.define_flags\(", source, re.M):
+        names |= _defined_flags(ROOT / "hjax" / "cli" / f"{shared}.py")
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr.startswith("DEFINE_") and node.args

@@ -22,7 +22,7 @@ import sys
 
 from absl import flags
 
-from hjax.cli import print_warning, run_main
+from hjax.cli import distributed, print_warning, run_main
 from hjax.cli.progress import MODES, Progress
 from hjax.protocols.irm_cmnist import config
 
@@ -74,12 +74,7 @@ flags.DEFINE_bool("save_params", D("save_params"),
 flags.DEFINE_bool("fake_data", D("fake_data"),
                   "small synthetic MNIST instead of the real one (tests)")
 flags.DEFINE_integer("inject_nan_at", None, "testing: make the loss NaN at this step")
-flags.DEFINE_bool("distributed", False,
-                  "call jax.distributed.initialize() first (multi-host; see README)")
-flags.DEFINE_string("coordinator_address", None,
-                    "with --distributed off TPU/Slurm/MPI: HOST:PORT of process 0")
-flags.DEFINE_integer("num_processes", None, "with --distributed: number of processes")
-flags.DEFINE_integer("process_id", None, "with --distributed: this process's index")
+distributed.define_flags(__name__)
 flags.DEFINE_bool("overwrite", False,
                   "when --output_dir holds results of other settings, move them aside into "
                   "<output_dir>/replaced-<time>/ and start afresh (default: refuse, exit 2)")
@@ -115,20 +110,23 @@ def main(argv=None):
         from hjax.protocols.irm_cmnist.experiment import (Callbacks, format_row,
                                                           run_experiment)
         run_config = config.from_flags(FLAGS)
+        config.validate(run_config)         # bad settings before waiting for other processes
+        speaks = distributed.join(FLAGS)
         progress = RestartProgress(run_config.restarts, run_config.steps,
-                                   run_config.progress)
+                                   run_config.progress if speaks else "off")
 
         def log(message):
-            progress.clear()
-            print(message, flush=True)
+            if speaks:
+                progress.clear()
+                print(message, flush=True)
 
         def row(r):
             log(format_row(r))
 
         run_experiment(run_config, Callbacks(
-            log=log, warn=print_warning, row=row,
+            log=log, warn=print_warning if speaks else log, row=row,
             step=progress.update, restart_done=progress.clear))
-        if FLAGS.full_protocol_hint:
+        if FLAGS.full_protocol_hint and speaks:
             print(f"\nThis was a short first look. The full protocol (10 restarts x 501 steps; "
                   f"about 2-3 hours on 2 CPU cores, minutes on a GPU):\n  python "
                   f"experiments/run.py --dataset={run_config.dataset} --method={run_config.method}",

@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from hjax.cli import UsageError, run_main
+from hjax.cli import UsageError, distributed, run_main
 from hjax.cli.progress import MODES, Progress
 from hjax.protocols.domainbed import config
 from hjax.protocols.domainbed.hparams import ALGORITHMS
@@ -63,6 +63,7 @@ flags.DEFINE_string("pretrained", None, "image datasets: torchvision ResNet weig
                     "Default: random init (DomainBed uses ImageNet weights)")
 flags.DEFINE_integer("workers", D("workers"),
                      "image datasets: input-pipeline worker processes (0 = none)")
+distributed.define_flags(__name__)
 flags.DEFINE_bool("overwrite", False,
                   "when --output_dir holds another job's results, done marker or checkpoint, "
                   "move them aside into <output_dir>/replaced-<time>/ and start afresh "
@@ -87,7 +88,7 @@ SETTINGS = ("dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed", "
             "checkpoint_freq", "output_dir", "batch_size", "lr", "hparams", "holdout_fraction",
             "width_multiplier", "fake_data", "stop_after_step", "data_dir", "arch",
             "image_size", "dtype", "pretrained", "workers", "overwrite", "progress", "augment",
-            "decoded_cache", "data_on_device")
+            "decoded_cache", "data_on_device", *distributed.NAMES)
 
 
 def config_from_flags(f):
@@ -97,11 +98,21 @@ def config_from_flags(f):
 def main(argv=None):
     argv = sys.argv if argv is None else argv
     def body():
-        progress = Progress(FLAGS.progress)
+        if FLAGS.vmap_jobs and FLAGS.distributed:
+            raise UsageError("--vmap_jobs runs on one process; --distributed is for single "
+                             "jobs")
+        job = None
+        if not FLAGS.vmap_jobs:         # bad settings before waiting for other processes
+            from hjax.protocols.domainbed.run import job_hparams
+            job = config_from_flags(FLAGS)
+            job_hparams(job)
+        speaks = distributed.join(FLAGS)
+        progress = Progress(FLAGS.progress if speaks else "off")
 
         def log(message):
-            progress.clear()
-            print(message, flush=True)
+            if speaks:
+                progress.clear()
+                print(message, flush=True)
 
         if FLAGS.vmap_jobs:
             from hjax.protocols.domainbed.run import run_group
@@ -113,8 +124,8 @@ def main(argv=None):
                                  f"list ({type(e).__name__}: {e})") from None
             return run_group(configs, log=log, batching=batching,
                              progress=progress if progress.enabled else None)
-        from hjax.protocols.domainbed.run import run  # heavy imports after flag parsing
-        run(config_from_flags(FLAGS), log=log, progress=progress if progress.enabled else None)
+        from hjax.protocols.domainbed.run import run
+        run(job, log=log, progress=progress if progress.enabled else None)
     run_main(FLAGS, argv, body,
              interrupted="re-run the same command to resume from the last checkpoint")
 

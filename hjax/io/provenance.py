@@ -58,6 +58,7 @@ def provenance() -> dict:
         "device_kind": devices[0].device_kind if devices else None,
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
+        "process_index": jax.process_index(),      # the writer, in a multi-process run
         "host": socket.gethostname(),
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

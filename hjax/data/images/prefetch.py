@@ -2,7 +2,8 @@
 ``jax.device_put`` while the current step runs, keeping ``depth`` (2: double buffering)
 batches in flight.
 
-Several devices: :func:`batch_sharding` splits the batch axis over all of them (a 1-D mesh),
+Several devices: :func:`batch_sharding` splits the batch axis over all of them (a 1-D mesh;
+in a multi-process run, every process's devices),
 and :func:`hjax.data.sharding.replicate` copies the train state to each, so the jitted step runs data-parallel
 (XLA partitions it; the results are those of one device, to float rounding). One device:
 plain ``device_put`` to it.
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hjax.data.sharding import DATA_AXIS
+from hjax.data.sharding import DATA_AXIS, put as put_global
 
 _END = object()
 
@@ -102,14 +103,16 @@ def prefetch_to_device(it: Iterator, depth: int = 2, sharding: NamedSharding | N
 
     With ``sharding`` every array of an element is split by it (arrays of lower rank than its
     spec, e.g. labels [E, B] against [E, B, ...], are split by the leading part of the spec);
-    else they go to ``device`` (default: the first device).
+    else they go to ``device`` (default: this process's first device). A sharding over the
+    devices of several processes (a multi-process run, where every process's iterator yields
+    the same batches) takes from each process only its own devices' part.
     """
-    device = device if device is not None else jax.devices()[0]
+    device = device if device is not None else jax.local_devices()[0]
 
     def put(element):
         if sharding is None:
             return jax.device_put(element, device)
-        return tuple(jax.device_put(x, _fit(sharding, np.ndim(x))) for x in element)
+        return tuple(put_global(x, _fit(sharding, np.ndim(x))) for x in element)
 
     return DevicePrefetch(iter(it), put, depth)
 

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 from hjax.data.images import IMAGE_DATASET_NAMES, IMAGE_DATASETS
 from hjax.errors import ConfigError, check_choice
 from hjax.protocols.domainbed.hparams import ALGORITHMS, make_hparams
+from hjax.protocols.runs.processes import SETTINGS as DISTRIBUTED
+from hjax.protocols.runs.processes import check_settings as check_distributed
 
 MNIST_DATASETS = ("domainbed_colored_mnist", "rotated_mnist")
 DATASETS = MNIST_DATASETS + IMAGE_DATASET_NAMES
@@ -66,6 +68,12 @@ class RunConfig:
     # the folder, and whether to show a progress line (the command line's --progress).
     overwrite: bool = False
     progress: str = "off"
+    # Not part of it either: this job as one of several processes (hjax.protocols.runs.
+    # processes; the same numbers), and how they find each other.
+    distributed: bool = False
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     @property
     def is_image_dataset(self) -> bool:
@@ -76,7 +84,8 @@ class RunConfig:
         hparams and the data, the job's run identity: hjax.protocols.domainbed.identity)."""
         d = dataclasses.asdict(self)
         for key in ("output_dir", "stop_after_step", "eval_chunk", "data_dir", "workers",
-                    "decoded_cache", "data_on_device", "overwrite", "progress"):
+                    "decoded_cache", "data_on_device", "overwrite", "progress",
+                    *DISTRIBUTED):
             d.pop(key)
         if not self.is_image_dataset:
             for key in IMAGE_FIELDS:
@@ -114,6 +123,8 @@ def validate(config: RunConfig, num_envs: int) -> None:
         raise ConfigError("--hparams_seed and --trial_seed must be >= 0")
     if not 0 < config.holdout_fraction < 1:
         raise ConfigError(f"--holdout_fraction={config.holdout_fraction} must be in (0, 1)")
+    check_distributed(config.distributed, config.coordinator_address, config.num_processes,
+                      config.process_id)
     if not config.width_multiplier > 0:
         raise ConfigError(f"--width_multiplier={config.width_multiplier} must be > 0")
     if config.is_image_dataset:
@@ -168,6 +179,7 @@ CASTS = {
     "eval_chunk": int, "stop_after_step": int, "data_dir": str, "arch": str,
     "image_size": int, "dtype": str, "pretrained": str, "workers": int, "augment": str,
     "decoded_cache": _bool, "data_on_device": str, "overwrite": _bool, "progress": str,
+    "distributed": _bool, "coordinator_address": str, "num_processes": int, "process_id": int,
 }
 HPARAM_SETTINGS = {"batch_size": int, "lr": float}
 

@@ -7,7 +7,8 @@ to its ``results.jsonl`` (rewritten atomically) and writes its checkpoint (the r
 in it, so a kill between the two cannot leave extra lines). A member whose logged values are
 not finite is stopped alone and marked diverged; the others go on. ``done`` marks a finished
 job. A killed job restarted with the same config resumes from its last checkpoint and ends
-with the same results as an uninterrupted one (timings aside).
+with the same results as an uninterrupted one (timings aside). Several processes
+(``--distributed``): all step, process 0 alone writes.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from hjax.data.sharding import local_replica
 from hjax.io.results import write_jsonl
 from hjax.protocols.domainbed import identity as identity_lib
 from hjax.protocols.domainbed.config import RunConfig
-from hjax.protocols.runs import checkpoint
+from hjax.protocols.runs import checkpoint, processes
 from hjax.protocols.runs.members import member
 from hjax.protocols.runs.records import stamped
 from hjax.protocols.runs.reporting import Reporter
@@ -101,6 +103,10 @@ def checkpoint_record(m: Member, step: int, window: list, step_time: float,
 
 
 def save_checkpoint(m: Member, state, log) -> None:
+    """Results so far, the checkpoint, one log line: by process 0 alone (several
+    processes)."""
+    if not processes.is_writer():
+        return
     write_jsonl(os.path.join(m.config.output_dir, RESULTS_NAME), m.records)
     checkpoint.save(m.config.output_dir, int(state.step), state,
                     {"identity": m.identity, "records": m.records})
@@ -151,7 +157,9 @@ def train_members(members: list[Member], program, states, reporter: Reporter) ->
                 m = members[t]
                 log(f"{m.config.output_dir}: non-finite {bad} at step {step}; job stopped "
                     "and marked diverged (results.jsonl keeps the checkpoints before it)")
-                identity_lib.write_done(m.config.output_dir, m.identity, diverged_step=step)
+                if processes.is_writer():
+                    identity_lib.write_done(m.config.output_dir, m.identity,
+                                            diverged_step=step)
             else:
                 windows[t].append(row)
         if not alive.any():
@@ -170,7 +178,8 @@ def train_members(members: list[Member], program, states, reporter: Reporter) ->
                     lambda kind, i, t=t: float(accs[kind, i][t])))
                 if size > 1:
                     m.records[-1]["vmap_group_size"] = size
-                save_checkpoint(m, member(states, t), lambda msg, m=m: log(f"{tag(m)}{msg}"))
+                save_checkpoint(m, member(local_replica(states), t),
+                                lambda msg, m=m: log(f"{tag(m)}{msg}"))
                 windows[t] = []
             window_start, window_steps = time.time(), 0
             eval_times.append(time.perf_counter() - t_eval)
@@ -183,5 +192,6 @@ def train_members(members: list[Member], program, states, reporter: Reporter) ->
         if first.stop_after_step is not None and step >= first.stop_after_step:
             log(f"stopping after step {step} (--stop_after_step)")
             return
-    for t in np.flatnonzero(alive):
-        identity_lib.write_done(members[t].config.output_dir, members[t].identity)
+    if processes.is_writer():
+        for t in np.flatnonzero(alive):
+            identity_lib.write_done(members[t].config.output_dir, members[t].identity)

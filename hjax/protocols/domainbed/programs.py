@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hjax.data import sharding as data_sharding
 from hjax.data.images import (IMAGE_DATASETS, image_data_dir, load_image_dataset,
                               split_in_out)
 from hjax.data.weights import resolve_pretrained
@@ -147,15 +148,25 @@ def single_accuracies(evaluate, num_envs: int):
 
 
 def array_program(config: RunConfig, hp: dict, model, data: JobData) -> MemberProgram:
-    """One MNIST job: its data on the device, sampled in the step."""
+    """One MNIST job: its data on the device, sampled in the step. Several processes: the
+    train data and the states replicated over one device of each process, where every
+    process runs the whole step (a batch of 64 examples per environment gains nothing from
+    being split over processes, and replicas compute the single-process numbers); each
+    evaluates its own copy of the params on its own device."""
     step_fn = make_train_step(config.algorithm, model, hp, base_key(config.trial_seed))
     step = jax.jit(_single(step_fn, (1,), 2))
     evaluate_split = make_evaluator(model)
+    mesh = data_sharding.make_process_mesh() if jax.process_count() > 1 else None
+    train = data.train if mesh is None else data_sharding.replicate(mesh, data.train)
+
+    def place(states):
+        return states if mesh is None else data_sharding.replicate(mesh, states)
+
     splits = {"in": data.eval_ins, "out": data.eval_outs}
-    return MemberProgram(
-        lambda states: step(states, data.train),
-        single_accuracies(lambda params, kind, i: evaluate_split(params, splits[kind][i]),
-                           data.num_envs))
+    accuracies = single_accuracies(
+        lambda params, kind, i: evaluate_split(params, splits[kind][i]), data.num_envs)
+    return MemberProgram(lambda states: step(states, train),
+                         lambda params: accuracies(data_sharding.local_replica(params)), place)
 
 
 def job_program(config: RunConfig, hp: dict, model, data, start: int) -> MemberProgram:

@@ -29,7 +29,7 @@ from hjax.protocols.domainbed.loop import Member, penalty_note, train_members
 from hjax.protocols.domainbed.programs import (example_images, job_program, load_job_data,
                                                make_model)
 from hjax.protocols.domainbed.trainer import init_state
-from hjax.protocols.runs import checkpoint
+from hjax.protocols.runs import checkpoint, processes
 from hjax.protocols.runs.claim import FolderClaim
 from hjax.protocols.runs.members import stack
 from hjax.protocols.runs.reporting import Reporter
@@ -51,7 +51,9 @@ def check_job_folder(config: RunConfig, hp: dict, log: Callable[[str], None]):
     only when the done marker is this job's; another job's files are refused (or moved aside
     with --overwrite), never mixed in. The folder must be claimed."""
     identity = identity_lib.job_identity(config, hp)
-    if identity_lib.check_folder(config.output_dir, identity, config.overwrite, log):
+    # Several processes: only process 0 moves another job's files aside.
+    overwrite = config.overwrite and processes.is_writer()
+    if identity_lib.check_folder(config.output_dir, identity, overwrite, log):
         log(f"{config.output_dir}: already done")
         return identity, read_jsonl(os.path.join(config.output_dir, RESULTS_NAME))
     return identity, None
@@ -71,11 +73,13 @@ def initial_state(config: RunConfig, hp: dict, identity: dict, model, data, log)
         return state, []
     state, meta = restored
     state = jax.tree_util.tree_map(jnp.asarray, state)
+    writer = processes.is_writer()
     if not identity_lib.check_checkpoint(config.output_dir, meta.get("identity"), identity,
-                                         config.overwrite, log):
+                                         config.overwrite and writer, log):
         return fresh(), []
     records = meta["records"]
-    write_jsonl(os.path.join(config.output_dir, RESULTS_NAME), records)
+    if writer:
+        write_jsonl(os.path.join(config.output_dir, RESULTS_NAME), records)
     log(f"{config.output_dir}: resuming at step {int(state.step)}")
     return state, records
 
@@ -85,7 +89,7 @@ def _claims(configs: Sequence[RunConfig], log) -> contextlib.ExitStack:
     try:
         for c in configs:
             ensure_writable_dir(c.output_dir)
-            if jax.process_index() == 0:       # one writer: process 0 of a multi-host run
+            if processes.is_writer():       # one writer: process 0 of a multi-process run
                 stack_.enter_context(FolderClaim(c.output_dir, log=log))
     except BaseException:
         stack_.close()
@@ -96,15 +100,24 @@ def _claims(configs: Sequence[RunConfig], log) -> contextlib.ExitStack:
 def run(config: RunConfig, log: Callable[[str], None] = _LOG.info,
         progress=None) -> list[dict]:
     """Trains (or resumes, or skips a finished job); returns the results records.
-    ``progress`` (hjax.cli.progress.Progress or None) hears of every step."""
+    ``progress`` (hjax.cli.progress.Progress or None) hears of every step. With
+    ``config.distributed`` this process is one of the job's (hjax.protocols.runs.processes):
+    process 0 writes the output folder, which every process must see, and the others read
+    it after process 0 (:func:`~hjax.protocols.runs.processes.writer_first`)."""
     hp = job_hparams(config)
-    with _claims([config], log):
-        identity, finished = check_job_folder(config, hp, log)
+    processes.initialize(config.distributed, config.coordinator_address,
+                         config.num_processes, config.process_id)
+    with contextlib.ExitStack() as claims:
+        def check():
+            claims.enter_context(_claims([config], log))
+            return check_job_folder(config, hp, log)
+        identity, finished = processes.writer_first(check)
         if finished is not None:
             return finished
         data = load_job_data(config, int(hp["batch_size"]), log)
         model = make_model(config, hp, log)
-        state, records = initial_state(config, hp, identity, model, data, log)
+        state, records = processes.writer_first(
+            lambda: initial_state(config, hp, identity, model, data, log))
         m = Member(config, hp, identity, data, records)
         _log_penalty_note(m, log)
         _train([m], [state], model, "auto", log, progress)

@@ -11,6 +11,7 @@ import dataclasses
 
 from hjax.errors import ConfigError, check_choice, check_positive
 from hjax.models import MATMULS
+from hjax.protocols.runs.processes import check_settings as check_distributed
 
 # The objectives this protocol runs (every one with a published or hjax-extension row).
 METHODS = ("erm", "irm", "vrex", "fishr", "hgp", "hutchinson", "hutchinson_shared",
@@ -173,6 +174,13 @@ def validate(config: ExperimentConfig) -> None:
                           "(0 = off)")
     if config.lr is not None and not config.lr > 0:
         raise ConfigError(f"--lr={config.lr} must be > 0")
+    check_distributed(config.distributed, config.coordinator_address, config.num_processes,
+                      config.process_id)
+    if not config.distributed:      # a distributed run counts its devices once joined
+        check_num_devices(config)
+
+
+def check_num_devices(config: ExperimentConfig) -> None:
     if config.num_devices is not None:
         import jax
         available = len(jax.devices())

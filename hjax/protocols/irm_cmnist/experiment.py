@@ -22,12 +22,13 @@ from hjax.data import irm_draws
 from hjax.errors import ensure_writable_dir
 from hjax.io import params_io
 from hjax.io.results import summary_table, write_atomic, write_jsonl
-from hjax.io.run_identity import IdentityClash
 from hjax.models import irm_mlp
 from hjax.data import sharding
 from hjax.protocols.irm_cmnist import identity, loop
-from hjax.protocols.irm_cmnist.config import (TEST_DOMAIN, ExperimentConfig, data_seed,
+from hjax.protocols.irm_cmnist.config import (TEST_DOMAIN, ExperimentConfig,
+                                              check_num_devices, data_seed,
                                               resolve_restart_batching, validate)
+from hjax.protocols.runs import processes
 from hjax.protocols.runs.claim import FolderClaim
 from hjax.protocols.runs.records import stamped
 from hjax.protocols.runs.reporting import Reporter
@@ -65,54 +66,49 @@ def format_row(row) -> str:
             f"{row['penalty']:>14.6g} {row['test_acc']:>10.4f}{gray}")
 
 
-def _claim(out_dir: str, cb: Callbacks):
-    # One writer: process 0 of a multi-host run holds the folder for the run's lifetime.
-    if jax.process_index() != 0:
-        return contextlib.nullcontext()
-    return FolderClaim(out_dir, log=cb.warn)
-
-
-def _initialize_distributed(config: ExperimentConfig) -> None:
-    if config.distributed:
-        jax.distributed.initialize(config.coordinator_address, config.num_processes,
-                                   config.process_id)
-
-
 def run_experiment(config: ExperimentConfig, callbacks: Callbacks | None = None) -> list[dict]:
     """Runs (or resumes) every restart; returns the records. Raises ConfigError for a bad
-    setting and MnistUnavailableError when real MNIST cannot be had."""
+    setting and MnistUnavailableError when real MNIST cannot be had. With
+    ``config.distributed`` this process is one of the run's (hjax.protocols.runs.processes):
+    process 0 writes the output folder, which every process must see."""
     cb = callbacks or Callbacks()
     validate(config)
+    processes.initialize(config.distributed, config.coordinator_address,
+                         config.num_processes, config.process_id)
+    if config.distributed:      # the devices of every process, now that they have joined
+        check_num_devices(config)
     out_dir = ensure_writable_dir(config.output_folder())
-    _initialize_distributed(config)
     hp = config.hparams()
     run = identity.config_identity(config, hp)
-    with _claim(out_dir, cb):
-        records = _finished_restarts(out_dir, config, run, cb)
+    with contextlib.ExitStack() as claim:
+        def check_folder():
+            if processes.is_writer():
+                # One writer: process 0 holds the folder for the run's lifetime.
+                claim.enter_context(FolderClaim(out_dir, log=cb.warn))
+            return _finished_restarts(out_dir, config, run, cb)
+        # Process 0 first: the others read the folder once it has moved other results aside.
+        records = processes.writer_first(check_folder)
         return _run(config, cb, hp, run, out_dir, records)
 
 
 def _finished_restarts(out_dir: str, config: ExperimentConfig, run: dict,
                        cb: Callbacks) -> list[dict]:
     """The identity is checked before MNIST is loaded: a folder of other results is refused
-    at once, and a finished run is reported without needing the data."""
-    if config.overwrite and jax.process_index() != 0:
-        # Only the writing process moves files aside; the others start afresh with it.
-        try:
-            return identity.resumable_records(out_dir, run, config.restarts, False, cb.warn)
-        except IdentityClash:
-            return []
-    return identity.resumable_records(out_dir, run, config.restarts, config.overwrite,
-                                      cb.warn)
+    at once, and a finished run is reported without needing the data. Only the writing
+    process moves files aside (--overwrite)."""
+    return identity.resumable_records(out_dir, run, config.restarts,
+                                      config.overwrite and processes.is_writer(), cb.warn)
 
 
 def _run(config, cb, hp, run, out_dir, records) -> list[dict]:
     info = data.dataset_info(config.dataset)
     mesh = sharding.make_mesh(config.num_devices)
     model = irm_mlp(hp["hidden_dim"], config.matmul)
-    writer = jax.process_index() == 0
+    writer = processes.is_writer()
+    where = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
     cb.log(f"{config.dataset} / {config.method}: {config.restarts} restarts x {config.steps} "
-           f"steps on {mesh.devices.size} {jax.devices()[0].platform} device(s) -> {out_dir}")
+           f"steps on {mesh.devices.size} {jax.devices()[0].platform} device(s){where} -> "
+           f"{out_dir}")
     run_id = stamped({}, run)["run_id"]
     if len(records) >= config.restarts:
         cb.log(f"all {config.restarts} restarts are already in results.jsonl (run "
@@ -155,8 +151,6 @@ def _train_groups(config, cb, model, mnist, info, hp, run, run_id, mesh, out_dir
     size = 1 if mode == "loop" else config.restarts_per_program
     key = jax.random.key(config.seed)
     images_u8 = irm_draws.device_images(mnist.train_images)
-    # Only a single process checkpoints (a multi-host run's other processes would not see
-    # process 0's files); there, a killed run resumes from its finished restarts only.
     every = config.checkpoint_every
 
     def save_params(r, params):
@@ -169,15 +163,14 @@ def _train_groups(config, cb, model, mnist, info, hp, run, run_id, mesh, out_dir
         group_data = loop.prepare_group(
             mnist, config.dataset, [data_seed(config.seed, r) for r in group], info, mesh,
             config.split, images_u8)
-        checkpoint = None
-        if jax.process_count() == 1:
-            # Resumed only by the same run (identity), the same restarts and device count;
-            # one left by an earlier run is resumed even when this one saves none (every 0).
-            checkpoint = loop.GroupCheckpoint(out_dir, every, {
-                "run_id": run_id, "restarts": group, "num_devices": mesh.devices.size})
-            if 0 < every < config.steps:
-                cb.log(f"{label}checkpointed every {every} steps to {checkpoint.path}: a "
-                       "killed run loses at most the steps since the last one")
+        # Resumed only by the same run (identity), the same restarts and device count; one
+        # left by an earlier run is resumed even when this one saves none (every 0).
+        checkpoint = loop.GroupCheckpoint(out_dir, every, {
+            "run_id": run_id, "restarts": group, "num_devices": mesh.devices.size},
+            writer=writer)
+        if 0 < every < config.steps:
+            cb.log(f"{label}checkpointed every {every} steps to {checkpoint.path}: a "
+                   "killed run loses at most the steps since the last one")
         if len(group) == 1:
             cb.log(f"restart {group[0]}\n{TABLE_HEADER}")
         else:
@@ -203,5 +196,4 @@ def _train_groups(config, cb, model, mnist, info, hp, run, run_id, mesh, out_dir
             if rec["status"] == "ok" and config.save_params:
                 rec["params_file"] = params_io.params_filename(r)
             yield r, rec
-        if checkpoint is not None:        # the group's records are written
-            checkpoint.remove()
+        checkpoint.remove()        # the group's records are written

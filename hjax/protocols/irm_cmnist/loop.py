@@ -34,6 +34,7 @@ from hjax.data import irm_draws
 from hjax.data import sharding
 from hjax.protocols.irm_cmnist import train
 from hjax.protocols.runs import checkpoint as run_checkpoint
+from hjax.protocols.runs import processes
 from hjax.protocols.runs.members import member, over_members, stack
 
 # The checkpoint of a group in the format of hjax before one run machinery (msgpack): read,
@@ -99,10 +100,11 @@ def _shared_program(kind: str, model, fn: Callable, *args, donate: tuple[int, ..
 class GroupCheckpoint:
     """Where and how often a group is checkpointed, and the ``fingerprint`` (a JSON-able dict
     of everything that determines the group: run id, restarts, device count) that must match
-    for it to be resumed."""
+    for it to be resumed. Several processes: only the ``writer`` (process 0) saves and
+    removes; every process loads what it saved."""
 
-    def __init__(self, folder: str, every: int, fingerprint: dict):
-        self.folder, self.every = folder, every
+    def __init__(self, folder: str, every: int, fingerprint: dict, writer: bool = True):
+        self.folder, self.every, self.writer = folder, every, writer
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
 
     @property
@@ -113,11 +115,17 @@ class GroupCheckpoint:
         return self.every > 0 and next_step % self.every == 0 and next_step < steps
 
     def save(self, state, progress: dict) -> None:
-        run_checkpoint.save(self.folder, progress["step"], jax.device_get(state),
-                            {"fingerprint": self.fingerprint, "progress": progress})
+        if self.writer:
+            run_checkpoint.save(self.folder, progress["step"], jax.device_get(state),
+                                {"fingerprint": self.fingerprint, "progress": progress})
 
     def load(self, target_state):
-        """(state, progress, where) of a matching checkpoint, else None."""
+        """(state, progress, where) of a matching checkpoint, else None. Process 0 reads
+        first: the others read once it is done with the folder (an earlier group's
+        checkpoint removed)."""
+        return processes.writer_first(lambda: self._load(target_state))
+
+    def _load(self, target_state):
         meta = run_checkpoint.load_meta(self.folder)
         if meta is not None and meta.get("fingerprint") == self.fingerprint:
             state, meta = run_checkpoint.load(self.folder, jax.device_get(target_state))
@@ -126,6 +134,8 @@ class GroupCheckpoint:
                            target_state)
 
     def remove(self) -> None:
+        if not self.writer:
+            return
         run_checkpoint.remove(self.folder)
         legacy = os.path.join(self.folder, LEGACY_CHECKPOINT)
         if os.path.exists(legacy):

@@ -6,6 +6,10 @@ so far, history rows, per-member status).
 One orbax ``CheckpointManager`` under ``<folder>/checkpoints`` keeps the latest step
 (synchronous saves; orbax writes each step to a temporary directory and renames it when
 complete, so a kill leaves the previous checkpoint intact).
+
+Several processes (hjax.protocols.runs.processes): process 0 alone saves, host copies of the
+(replicated) state; every process restores the files it wrote into host arrays. Each
+process's manager spans only that process, so no save or restore waits for the others.
 """
 
 from __future__ import annotations
@@ -19,12 +23,22 @@ import threading
 CHECKPOINT_DIR = "checkpoints"
 
 
+def _multi_process() -> bool:
+    import jax        # lazily: the sweep's folder checks read CHECKPOINT_DIR without JAX
+    return jax.process_count() > 1
+
+
 def _manager(folder: str):
     import orbax.checkpoint as ocp       # optional dependency (the experiments extra)
-    return ocp, ocp.CheckpointManager(
-        os.path.abspath(os.path.join(folder, CHECKPOINT_DIR)),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                             enable_async_checkpointing=False))
+    path = os.path.abspath(os.path.join(folder, CHECKPOINT_DIR))
+    options = {"max_to_keep": 1, "create": True, "enable_async_checkpointing": False}
+    if _multi_process():
+        import jax
+        me = jax.process_index()
+        os.makedirs(path, exist_ok=True)        # orbax creates none for a subset of processes
+        options.update(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}))
+    return ocp, ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(**options))
 
 
 @contextlib.contextmanager
@@ -46,7 +60,11 @@ def _ctrl_c_deferred():
 
 
 def save(folder: str, step: int, state, meta: dict) -> None:
-    """Saves ``state`` and ``meta`` (JSON-able) as step ``step`` (updates done)."""
+    """Saves ``state`` and ``meta`` (JSON-able) as step ``step`` (updates done). Several
+    processes: only process 0 calls this."""
+    if _multi_process():
+        import jax
+        state = jax.device_get(state)
     ocp, manager = _manager(folder)
     with _ctrl_c_deferred(), manager:
         manager.save(int(step), args=ocp.args.Composite(
@@ -77,9 +95,12 @@ def load_meta(folder: str) -> dict | None:
 
 def load(folder: str, template):
     """(state, meta) of the latest checkpoint, the state restored into ``template``'s
-    structure, or None when there is none."""
+    structure (host arrays when several processes run), or None when there is none."""
     if not exists(folder):
         return None
+    if _multi_process():
+        import jax
+        template = jax.device_get(template)
     ocp, manager = _manager(folder)
     with manager:
         step = manager.latest_step()
