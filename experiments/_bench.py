@@ -8,6 +8,8 @@ import time
 
 import jax
 
+from hjax.io.results import write_atomic
+
 
 def compile_timed(jitted, *args):
     """(compiled program, seconds to lower and compile ``jitted`` for ``args``)."""
@@ -22,3 +24,12 @@ def call_seconds(fn, *args):
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     return time.perf_counter() - t0, out
+
+
+def emit_table(lines, output: str | None) -> str:
+    """The Markdown table of ``lines``: printed, and written to ``output`` (atomically)."""
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    if output:
+        write_atomic(output, table)
+    return table

@@ -34,7 +34,8 @@ from absl import flags
 
 from hjax.cli import exit_usage, parse_flags
 from hjax.io.provenance import machine_line
-from hjax.io.results import write_atomic
+
+from _bench import emit_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("algorithm", "hgp", "a DomainBed algorithm")
@@ -183,10 +184,7 @@ def main(argv=None):
         lines.append(f"| {dtype} | {data_mode} | {r} | {1e3 * m['step']:.0f} ms | "
                      f"{m['first']:.1f} s | {m['eval']:.2f} s ({m['images']}) | "
                      f"{m['per_hour']:.2f} | {m['per_hour'] / single:.2f}x | {ratio} |")
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
-    if FLAGS.output:
-        write_atomic(FLAGS.output, table)
+    emit_table(lines, FLAGS.output)
 
 
 if __name__ == "__main__":

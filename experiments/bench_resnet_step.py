@@ -29,9 +29,8 @@ from absl import flags
 
 from hjax.cli import parse_flags
 from hjax.io.provenance import machine_line
-from hjax.io.results import write_atomic
 
-from _bench import call_seconds, compile_timed
+from _bench import call_seconds, compile_timed, emit_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("arch", "resnet50", ["resnet18", "resnet50"], "the ResNet")
@@ -158,10 +157,7 @@ def main(argv=None):
         for a in names[1:]:
             mem, seconds = penalty_memory(a, FLAGS.memory_classes)
             lines.append(f"| {a} | {temp_mb(mem):.1f} MiB | {seconds:.1f} s |")
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
-    if FLAGS.output:
-        write_atomic(FLAGS.output, table)
+    emit_table(lines, FLAGS.output)
 
 
 if __name__ == "__main__":

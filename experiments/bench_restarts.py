@@ -23,6 +23,8 @@ from absl import flags
 
 from hjax.cli import parse_flags
 
+from _bench import emit_table
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["erm", "hgp", "hutchinson"], "methods to run")
 flags.DEFINE_list("modes", ["loop", "vmap"], "restart batchings: loop, vmap")
@@ -46,7 +48,6 @@ def main(argv=None):
     import jax
 
     from hjax.io.provenance import machine_line
-    from hjax.io.results import write_atomic
     from hjax.protocols.irm_cmnist.experiment import (Callbacks, ExperimentConfig,
                                                       run_experiment)
 
@@ -93,10 +94,7 @@ def main(argv=None):
     for method, mode, wall, n, n_all, secs, step in rows:
         lines.append(f"| {method} | {mode} | {wall:.1f} s | {n} | {n_all} ({secs:.1f} s) | "
                      f"{1e3 * step:.1f} ms | {diff(method)} |")
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
-    if FLAGS.output:
-        write_atomic(FLAGS.output, table)
+    emit_table(lines, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,8 @@ from hjax.data import sharding
 from hjax.protocols.irm_cmnist import train
 from hjax.models import irm_mlp
 from hjax.io.provenance import machine_line
-from hjax.io.results import write_atomic
 
-from _bench import call_seconds, compile_timed
+from _bench import call_seconds, compile_timed, emit_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["erm", "irm", "vrex", "fishr", "hgp", "hutchinson",
@@ -239,10 +238,7 @@ def main(argv=None):
             med, q1, q3 = quartiles(ratios[m])
             rel = f"{med:.2f}x [{q1:.2f}, {q3:.2f}]"
         lines.append(f"| {m} | {1e3 * t:.0f} ms | {rel} | {c:.1f} s |")
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
-    if FLAGS.output:
-        write_atomic(FLAGS.output, table)
+    emit_table(lines, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ from absl import flags
 
 from hjax.cli import UsageError, exit_usage, parse_flags
 from hjax.io.provenance import machine_line
-from hjax.io.results import write_atomic
 
-from _bench import call_seconds, compile_timed
+from _bench import call_seconds, compile_timed, emit_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "domainbed_colored_mnist", "domainbed_colored_mnist or rotated_mnist")
@@ -133,10 +132,7 @@ def main(argv=None):
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {t} | {b} | {1e3 * sep:.0f} ms | {1e3 * vm:.0f} ms | {sep / vm:.2f}x | "
               f"{csep:.1f} s | {cvm:.1f} s |" for t, b, sep, vm, csep, cvm in rows]
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
-    if FLAGS.output:
-        write_atomic(FLAGS.output, table)
+    emit_table(lines, FLAGS.output)
 
 
 if __name__ == "__main__":

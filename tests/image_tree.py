@@ -44,3 +44,13 @@ def make_tree(root: Path, domains: Sequence[str] = ("art", "photo", "sketch"),
                 make_image(Path(root) / d / c / f"img_{k:03d}.jpg", class_color(ci), size,
                            rng=rng)
     return Path(root)
+
+
+def make_pacs_tree(data_dir: Path, per_class: int = 1) -> Path:
+    """``data_dir`` holding a PACS-layout tree (its domains and classes), one image per
+    (domain, class) by default; returns ``data_dir``."""
+    from hjax.data.images import IMAGE_DATASETS
+    info = IMAGE_DATASETS["pacs"]
+    make_tree(Path(data_dir) / info.dir, domains=info.domains, classes=info.classes,
+              per_class=per_class)
+    return Path(data_dir)

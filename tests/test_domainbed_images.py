@@ -16,13 +16,12 @@ import sys
 import numpy as np
 import pytest
 
-from hjax.data.images import IMAGE_DATASETS
 from hjax.errors import ConfigError
 from hjax.protocols.domainbed import hparams
 from hjax.protocols.domainbed.config import RunConfig
 from hjax.protocols.domainbed.run import run, run_group
 
-from image_tree import make_tree
+from image_tree import make_pacs_tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Not fast_compile: XLA's cheap mode makes ResNet's convolutions slow to run on CPU; the
@@ -31,10 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def pacs_dir(tmp_path_factory):
-    data = tmp_path_factory.mktemp("images")
-    info = IMAGE_DATASETS["pacs"]
-    make_tree(data / info.dir, domains=info.domains, classes=info.classes, per_class=1)
-    return data
+    return make_pacs_tree(tmp_path_factory.mktemp("images"))
 
 
 def _records(out):

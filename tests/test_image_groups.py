@@ -14,22 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hjax.data.images import IMAGE_DATASETS, pipeline, resident
+from hjax.data.images import pipeline, resident
 from hjax.errors import ConfigError
 from hjax.protocols.domainbed import image_programs, vmapped
 from hjax.protocols.domainbed.algorithms import _dropout_key
 from hjax.protocols.domainbed.config import RunConfig
 from hjax.protocols.domainbed.programs import load_image_job_data
 
-from image_tree import make_tree
+from image_tree import make_pacs_tree
 
 
 @pytest.fixture(scope="module")
 def pacs_dir(tmp_path_factory):
-    data = tmp_path_factory.mktemp("images")
-    info = IMAGE_DATASETS["pacs"]
-    make_tree(data / info.dir, domains=info.domains, classes=info.classes, per_class=1)
-    return data
+    return make_pacs_tree(tmp_path_factory.mktemp("images"))
 
 
 def _config(data_dir, out, **kw) -> RunConfig:
