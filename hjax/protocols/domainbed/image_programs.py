@@ -41,6 +41,7 @@ from hjax.protocols.domainbed.programs import (ImageJobData, MemberProgram,
                                                single_accuracies)
 from hjax.protocols.domainbed.trainer import (base_key, make_batch_evaluator,
                                               make_canvas_evaluator, make_host_batch_step)
+from hjax.protocols.domainbed.vmapped import hp_arrays, is_static_hparam, over_trials
 from hjax.protocols.runs.members import member, over_members
 
 _LOG = logging.getLogger("hjax")
@@ -84,13 +85,11 @@ def _mapped(fn, size: int, batching: str, shared: tuple[int, ...], argcount: int
     program for one member, else vmapped (or unrolled on CPU: vmapped.resolve_trial_batching)."""
     if size == 1:
         return over_members(fn, 1, tuple(None if i in shared else 0 for i in range(argcount)))
-    from hjax.protocols.domainbed.vmapped import over_trials
     return over_trials(fn, batching, shared)
 
 
 def _hp_split(hps: Sequence[dict]) -> tuple[dict, dict]:
     """(the hparams every member shares as Python values, the others as [T] arrays)."""
-    from hjax.protocols.domainbed.vmapped import hp_arrays, is_static_hparam
     if len(hps) == 1:
         return dict(hps[0]), {}
     static = {k: v for k, v in hps[0].items() if is_static_hparam(k)}
@@ -261,19 +260,17 @@ def host_program(members, model, cache, batching: str, start: int) -> MemberProg
                for (train, _, _), m in zip(sources, members)]
     seeds = [augment_seed(c) for c in configs]
     sharding = prefetch.batch_sharding(batch_size, axis=2 if size > 1 else 1)
-    if size == 1:
+    if size == 1:     # one job's batches, no member axis: shared by the unbatched program
         host = pipeline.train_canvases(domains[0], batch_size, canvas, seed=seeds[0],
                                        start_step=start, workers=first.workers)
-        put = lambda element: tuple(x[None] for x in element)     # noqa: E731
     else:
         host = pipeline.group_train_canvases(domains, batch_size, canvas, seeds,
                                              start_step=start, workers=first.workers)
-        put = lambda element: element                               # noqa: E731
     batches = prefetch.prefetch_to_device(host, sharding=sharding)
     static_hp, hp_values = _hp_split([m.hp for m in members])
     bases, augment_keys = _member_keys(configs)
     one = _augment_step_body(first.algorithm, model, static_hp, first.image_size, None)
-    step = jax.jit(_mapped(one, size, batching, (), 7))
+    step = jax.jit(_mapped(one, size, batching, (1, 2, 3) if size == 1 else (), 7))
     evaluators = [_host_evaluator(c, model, m.data, splits, workers)
                   for c, m, (_, splits, workers) in zip(configs, members, sources)]
 
@@ -286,7 +283,7 @@ def host_program(members, model, cache, batching: str, start: int) -> MemberProg
         return out
 
     return MemberProgram(
-        lambda states: step(states, *put(next(batches)), hp_values, bases, augment_keys),
+        lambda states: step(states, *next(batches), hp_values, bases, augment_keys),
         accuracies, lambda states: _replicated(states, None if sharding is None
                                                else sharding.mesh), batches.close)
 
